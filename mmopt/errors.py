@@ -1,0 +1,30 @@
+"""Errors that mmopt raises for model and LLM failures.
+
+Bad *arguments* raise ``ValueError``/``TypeError`` (see DESIGN.md, convention
+6); these classes cover failures of the things mmopt drives.
+"""
+
+
+class MmoptError(Exception):
+    """Base class of mmopt's own errors."""
+
+
+class ModelLoadError(MmoptError):
+    """A model id or directory could not be loaded (unknown id, not a pipeline, no network)."""
+
+
+class LLMError(MmoptError):
+    """An LLM backend failed (HTTP error after retries, no usable reply)."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str = ""):
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"{package} is required{what} but is not installed. "
+            f"Install it with: pip install 'mmopt[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

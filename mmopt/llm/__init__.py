@@ -1,0 +1,1 @@
+"""mmopt sub-package."""
