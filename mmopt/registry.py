@@ -32,6 +32,10 @@ _FACTORIES["llm"].update({
     "hf": "mmopt.llm.hf:from_name",
     "openai": "mmopt.llm.openai_http:from_name",
 })
+_FACTORIES["strategy"].update({
+    "topk": "mmopt.strategies:topk",
+    "beam": "mmopt.strategies:beam",
+})
 _FACTORIES["proposer"].update({
     "opt2i": "mmopt.proposers.opt2i:from_name",
 })

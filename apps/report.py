@@ -1,0 +1,68 @@
+"""A small self-contained HTML page of one run: images and scores per iteration.
+
+The page lives in the run's folder (``OUT/runs/<run_id>/report.html``) and
+links the PNGs beside it by relative path, so the folder can be zipped or
+served as it is.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from mmopt.store import Store
+
+
+def _fmt(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else html.escape(str(x))
+
+
+def write_report(store: Store, run_id: str) -> Path:
+    """Write ``report.html`` for ``run_id`` and return its path.
+
+    >>> write_report(Store("runs"), "3f2a...")  # doctest: +SKIP
+    """
+    run = store.get_run(run_id)
+    trials = store.load_trials(run_id)
+    if not trials:
+        raise ValueError(f"run {run_id!r} has no finished trials to report")
+    best = max((t for t in trials if t.feasible), key=lambda t: (t.objective, -t.index), default=trials[0])
+    original = trials[0]
+    run_dir = store.root / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scorers = list(original.scores)
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>mmopt run ",
+        html.escape(run_id), "</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+        ".best{background:#e8f6e8}.bad{color:#a00}img{image-rendering:pixelated;width:96px;height:96px;margin:1px}"
+        "code{white-space:pre-wrap}",
+        "</style></head><body>",
+        f"<h1>mmopt run <code>{html.escape(run_id)}</code></h1>",
+        f"<p><b>Intent:</b> <code>{html.escape(run['intent'])}</code><br>",
+        f"<b>Best prompt:</b> <code>{html.escape(best.prompt)}</code><br>",
+        f"<b>Objective:</b> {_fmt(original.objective)} &rarr; {_fmt(best.objective)} "
+        f"(gain {best.objective - original.objective:+.3f}) &middot; status {html.escape(run['status'])}</p>",
+        "<table><tr><th>iter</th><th>#</th><th>prompt</th><th>objective</th>",
+        "".join(f"<th>{html.escape(s)}</th>" for s in scorers),
+        "<th>images (seed: score)</th></tr>",
+    ]
+    for t in trials:
+        gens = store.load_generations(run_id, t.index)
+        cls = " class='best'" if t.index == best.index else ""
+        imgs = "".join(
+            f"<img src='{html.escape(str(Path(p).relative_to(Path('runs') / run_id)))}' "
+            f"title='seed {g['seed']}: " + html.escape(", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items())) + "'>"
+            for g in gens for p in g["paths"][:1]
+        )
+        note = "" if t.feasible else "<br><span class='bad'>" + html.escape("; ".join(t.meta.get("violations", []))) + "</span>"
+        parts.append(
+            f"<tr{cls}><td>{t.iteration}</td><td>{t.index}</td><td><code>{html.escape(t.prompt)}</code>{note}</td>"
+            f"<td>{_fmt(t.objective)}</td>" + "".join(f"<td>{_fmt(t.scores.get(s))}</td>" for s in scorers)
+            + f"<td>{imgs}</td></tr>"
+        )
+    parts.append("</table></body></html>")
+    path = run_dir / "report.html"
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
