@@ -26,6 +26,15 @@ _FACTORIES["generator"].update({
 _FACTORIES["scorer"].update({
     "clip": "mmopt.scorers.clip:from_name",
 })
+_FACTORIES["scorer"].update({
+    "drift": "mmopt.scorers.drift:from_name",
+    "dcs": "mmopt.scorers.dcs:from_name",
+    "concepts": "mmopt.scorers.concepts:from_name",
+    "aesthetic": "mmopt.scorers.aesthetic:from_name",
+    "pickscore": "mmopt.scorers.preference:pickscore_from_name",
+    "hps": "mmopt.scorers.preference:hps_from_name",
+    "imagereward": "mmopt.scorers.preference:imagereward_from_name",
+})
 _FACTORIES["llm"].update({
     "gguf": "mmopt.llm.gguf:from_name",
     "smollm2": "mmopt.llm.gguf:embedded_smollm2",
