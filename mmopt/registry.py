@@ -27,6 +27,10 @@ _FACTORIES["scorer"].update({
     "clip": "mmopt.scorers.clip:from_name",
 })
 _FACTORIES["scorer"].update({
+    "dsg": "mmopt.scorers.dsg:from_name",
+    "vqascore": "mmopt.scorers.vqascore:from_name",
+})
+_FACTORIES["scorer"].update({
     "drift": "mmopt.scorers.drift:from_name",
     "dcs": "mmopt.scorers.dcs:from_name",
     "concepts": "mmopt.scorers.concepts:from_name",
@@ -34,6 +38,10 @@ _FACTORIES["scorer"].update({
     "pickscore": "mmopt.scorers.preference:pickscore_from_name",
     "hps": "mmopt.scorers.preference:hps_from_name",
     "imagereward": "mmopt.scorers.preference:imagereward_from_name",
+})
+_FACTORIES["vqa"].update({
+    "blip": "mmopt.scorers.vqa:blip_from_name",
+    "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
 })
 _FACTORIES["llm"].update({
     "gguf": "mmopt.llm.gguf:from_name",

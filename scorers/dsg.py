@@ -549,11 +549,12 @@ def from_name(rest: str, *, questions: Any = None, llm: Any = None, cache: Cache
     a callable, a mapping, or a path to a DSG-1k style CSV (then keyed by prompt text).
     """
     from mmopt import registry
-    from mmopt.scorers.vqa import resolve_vqa_name
+    from mmopt.scorers.vqa import resolve_vqa_spec
 
     if not rest:
         raise ValueError("dsg needs a VQA backend: 'dsg:<vqa>', e.g. 'dsg:blip-vqa' or 'dsg:qwen2.5-vl-7b'")
-    vqa = registry.create("vqa", resolve_vqa_name(rest), **vqa_kwargs)
+    vqa_name, alias_kwargs = resolve_vqa_spec(rest)
+    vqa = registry.create("vqa", vqa_name, **{**alias_kwargs, **vqa_kwargs})
     if isinstance(questions, (str, os.PathLike)):
         bank = load_dsg_csv(questions)
         questions = {bank.texts[k]: v for k, v in bank.items() if k in bank.texts}
