@@ -1,0 +1,71 @@
+"""Device and dtype choice shared by every torch-backed generator and scorer.
+
+torch is imported inside the functions so that importing this module (and
+``import mmopt``) stays light.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+
+
+def pick_device(device: Any = None) -> str:
+    """The device to run on: ``device`` when given, else cuda, then mps, then cpu.
+
+    >>> pick_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    if device is not None:
+        text = str(device)
+        try:
+            torch.device(text)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be like 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r}") from e
+        if text.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {text!r} was requested but CUDA is not available on this machine")
+        return text
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, dtype: Any = None):
+    """The torch dtype for ``device``: ``dtype`` when given, else cuda bf16 (fp16 on
+    GPUs without bf16), mps fp16, cpu fp32.
+
+    Accepts a ``torch.dtype`` or a name (``"fp16"``, ``"bfloat16"``, ...).
+
+    >>> str(pick_dtype("cpu"))
+    'torch.float32'
+    """
+    import torch
+
+    if dtype is not None:
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        name = _DTYPE_NAMES.get(str(dtype).lower().replace("torch.", ""))
+        if name is None:
+            raise ValueError(
+                f"dtype must be a torch.dtype or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}"
+            )
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.startswith("mps"):
+        return torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.float16`` -> ``"float16"`` (for cache keys and messages)."""
+    return str(dtype).replace("torch.", "")

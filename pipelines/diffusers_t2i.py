@@ -1,0 +1,477 @@
+"""Text-to-image generation with any diffusers pipeline.
+
+``DiffusersGenerator`` loads a pipeline by hub id (``"stabilityai/sd-turbo"``)
+or local directory (a ``save_pretrained`` folder) through one code path and
+renders every (prompt, seed) pair of an optimization iteration in batches.
+
+* Loading: ``AutoPipelineForText2Image``, falling back to the class named in
+  ``model_index.json``. A hub id that cannot be reached fails within seconds
+  with a :class:`~mmopt.errors.ModelLoadError` (see :mod:`mmopt.hub`).
+* Presets (steps, guidance, size, negative prompt, prompt style, token
+  budget) are data: ``mmopt/assets/models.json`` holds defaults per pipeline
+  class and overrides per hub id; a local directory may carry its own
+  ``mmopt_preset.json`` with the same fields; keyword arguments win.
+* Determinism: one ``torch.Generator`` per image, seeded with that image's
+  seed, so an image depends only on its (prompt, seed), not on its batch.
+* Device/dtype: cuda bf16 (fp16 without bf16), mps fp16, cpu fp32, unless given.
+* CUDA out of memory: the batch is halved and retried; the size that worked
+  is kept for later calls.
+
+>>> gen = DiffusersGenerator("stabilityai/sd-turbo")                 # doctest: +SKIP
+>>> [g.media.size for g in gen.generate(["a red cube", "a red cube"], [0, 1])]  # doctest: +SKIP
+[(512, 512), (512, 512)]
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import threading
+import time
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mmopt.device import dtype_name, pick_device, pick_dtype
+from mmopt.errors import ModelLoadError
+from mmopt.hub import check_hub_repo, local_dir_fingerprint
+from mmopt.types import Generation
+
+PROMPT_STYLES = ("tags", "sentences")
+PRESET_FILE = "mmopt_preset.json"  # optional preset inside a local pipeline directory
+_PRESET_FIELDS = ("steps", "guidance", "height", "width", "negative_prompt", "prompt_style",
+                  "max_prompt_tokens", "tokenizer", "call_kwargs")
+_UNSET = object()
+
+try:  # newer diffusers renamed from_pretrained's torch_dtype to dtype
+    from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+    _DTYPE_KWARG = "dtype"
+except ImportError:
+    _DTYPE_KWARG = "torch_dtype"
+
+# Loaded pipelines, keyed by (model, revision, variant, dtype, device): a model is
+# loaded once per process however many generators use it.
+_PIPELINES: dict[tuple, Any] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def load_presets() -> dict:
+    """The preset table ``mmopt/assets/models.json``: ``{"families": {...}, "models": {...}}``."""
+    path = resources.files("mmopt.assets") / "models.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def resolve_preset(model: str, pipeline_class: str | None, local_preset: dict | None = None,
+                   overrides: dict | None = None) -> dict:
+    """Merge the preset layers: family defaults < hub-id entry < local file < ``overrides``.
+
+    ``None`` values in ``overrides`` mean "not given" and are skipped.
+
+    >>> resolve_preset("stabilityai/sd-turbo", "StableDiffusionPipeline")["steps"]
+    1
+    """
+    table = load_presets()
+    entry = {k.lower(): v for k, v in table["models"].items()}.get(model.strip().lower(), {})
+    cls = pipeline_class or entry.get("pipeline_class")
+    preset = dict(table["families"].get(cls, table["families"]["default"]))
+    preset.update({k: v for k, v in entry.items() if k != "pipeline_class"})
+    preset.update(local_preset or {})
+    preset.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    preset["call_kwargs"] = dict(preset.get("call_kwargs") or {})
+    return preset
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {what} {str(path)!r}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what} {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load_pipeline(source: str, *, pipeline_class: str, revision: str | None, variant: str | None,
+                   dtype, device: str, local_files_only: bool, cache_id: tuple):
+    """Load (or reuse) a pipeline; ``source`` is a hub id or a local directory."""
+    with _PIPELINES_LOCK:
+        if cache_id in _PIPELINES:
+            return _PIPELINES[cache_id]
+    import diffusers
+    from diffusers import AutoPipelineForText2Image
+
+    kwargs = {_DTYPE_KWARG: dtype, "local_files_only": local_files_only}
+    if revision:
+        kwargs["revision"] = revision
+    if variant:
+        kwargs["variant"] = variant
+    # 1. the auto class knows every text-to-image family diffusers ships
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(source, **kwargs)
+    except (ValueError, KeyError) as auto_error:
+        # 2. a pipeline the auto class has no mapping for: use the class the
+        #    folder names (community and newer pipelines)
+        cls = getattr(diffusers, pipeline_class, None)
+        if cls is None:
+            raise ModelLoadError(
+                f"cannot load {source!r}: model_index.json names the pipeline class "
+                f"{pipeline_class!r}, which this diffusers {diffusers.__version__} does not have"
+            ) from auto_error
+        try:
+            pipe = cls.from_pretrained(source, **kwargs)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load diffusers pipeline {source!r} as {pipeline_class}: {e}") from e
+    except Exception as e:
+        raise ModelLoadError(f"cannot load diffusers pipeline {source!r}: {type(e).__name__}: {e}") from e
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    with _PIPELINES_LOCK:
+        return _PIPELINES.setdefault(cache_id, pipe)
+
+
+def clear_pipeline_cache() -> None:
+    """Forget every loaded pipeline (frees memory; mainly for tests)."""
+    with _PIPELINES_LOCK:
+        _PIPELINES.clear()
+
+
+def _is_oom(error: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", ())
+    if oom_type and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class DiffusersGenerator:
+    """A :class:`~mmopt.types.Generator` backed by a diffusers text-to-image pipeline.
+
+    Args:
+        model: hub id (``"stabilityai/sd-turbo"``) or path of a local pipeline directory.
+        revision: hub branch, tag or commit (default: the main branch).
+        device, dtype: override the automatic choice (``"cuda"``, ``"fp16"``, ...).
+        max_batch: at most this many images per pipeline call (halved on CUDA OOM).
+        steps, guidance, height, width, negative_prompt, prompt_style,
+        max_prompt_tokens, call_kwargs: override the preset (``negative_prompt=None``
+            removes the preset's negative prompt).
+        variant: weights variant on the hub (``"fp16"``).
+        timeout: seconds to wait for the hub before failing with ModelLoadError.
+
+    Attributes the loop reads: ``name`` (``"diffusers:<model>"``), ``prompt_style``
+    (``"tags"`` or ``"sentences"``), ``max_prompt_tokens`` (the text encoder's window,
+    special tokens included), ``preset`` (the merged preset).
+
+    >>> gen = DiffusersGenerator("/tmp/mmopt-tiny/sd")                  # doctest: +SKIP
+    >>> gen.generate(["a red cube"], [0])[0].meta["steps"]                 # doctest: +SKIP
+    2
+    """
+
+    def __init__(self, model: str, *, revision: str | None = None, device: str | None = None,
+                 dtype: Any = None, max_batch: int = 4, steps: int | None = None,
+                 guidance: float | None = None, height: int | None = None, width: int | None = None,
+                 negative_prompt: Any = _UNSET, prompt_style: str | None = None,
+                 max_prompt_tokens: int | None = None, call_kwargs: dict | None = None,
+                 variant: str | None = None, timeout: float = 10.0):
+        # 1. check arguments
+        if not isinstance(model, (str, Path)) or not str(model).strip():
+            raise ValueError(f"model must be a hub id or a local directory, got {model!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        for key, val in (("steps", steps), ("height", height), ("width", width),
+                         ("max_prompt_tokens", max_prompt_tokens)):
+            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+                raise ValueError(f"{key} must be a positive int or None, got {val!r}")
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                     or guidance < 0):
+            raise ValueError(f"guidance must be a non-negative number or None, got {guidance!r}")
+        if prompt_style is not None and prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+        if call_kwargs is not None and not isinstance(call_kwargs, dict):
+            raise TypeError(f"call_kwargs must be a dict, got {type(call_kwargs).__name__}")
+        if negative_prompt is not _UNSET and negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        model = str(model).strip()
+        self.name = f"diffusers:{model}"
+        self.max_batch = max_batch
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+
+        # 2. find the pipeline: a local folder, or a hub repo we can reach
+        local = Path(model).expanduser()
+        if local.exists():
+            if not local.is_dir() or not (local / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"{model!r} is not a diffusers pipeline directory: it has no model_index.json "
+                    f"(expected the output of Pipeline.save_pretrained)"
+                )
+            index = _read_json(local / "model_index.json", "pipeline index")
+            local_preset = _read_json(local / PRESET_FILE, "preset") if (local / PRESET_FILE).is_file() else None
+            source, local_files_only = str(local.resolve()), True
+            self.model_id = source
+            self.revision = local_dir_fingerprint(local)
+        else:
+            check = check_hub_repo(model, what="diffusers pipeline", revision=revision,
+                                   probe_file="model_index.json", timeout=timeout)
+            from huggingface_hub import hf_hub_download
+
+            try:
+                index_path = hf_hub_download(model, "model_index.json", revision=revision,
+                                             local_files_only=check.local_files_only)
+            except Exception as e:
+                raise ModelLoadError(
+                    f"{model!r} has no model_index.json on the hub: it is not a diffusers pipeline ({e})"
+                ) from e
+            index = _read_json(Path(index_path), "pipeline index")
+            local_preset = None
+            source, local_files_only = model, check.local_files_only
+            self.model_id = model
+            self.revision = check.revision or revision or "main"
+        self.pipeline_class = str(index.get("_class_name", ""))
+
+        # 3. preset: data first, keyword arguments last
+        overrides = {"steps": steps, "guidance": guidance, "height": height, "width": width,
+                     "prompt_style": prompt_style, "max_prompt_tokens": max_prompt_tokens}
+        self.preset = resolve_preset(model, self.pipeline_class, local_preset, overrides)
+        if negative_prompt is not _UNSET:
+            self.preset["negative_prompt"] = negative_prompt
+        if call_kwargs:
+            self.preset["call_kwargs"].update(call_kwargs)
+        if self.preset["prompt_style"] not in PROMPT_STYLES:
+            raise ValueError(f"preset prompt_style must be one of {PROMPT_STYLES}, got {self.preset['prompt_style']!r}")
+        self.prompt_style = self.preset["prompt_style"]
+        self.max_prompt_tokens = int(self.preset["max_prompt_tokens"])
+
+        # 4. load once per process
+        cache_id = (self.model_id, self.revision, variant, dtype_name(self.dtype), self.device)
+        self.pipe = _load_pipeline(source, pipeline_class=self.pipeline_class, revision=revision,
+                                   variant=variant, dtype=self.dtype, device=self.device,
+                                   local_files_only=local_files_only, cache_id=cache_id)
+        self.variant = variant
+        self._call_params = inspect.signature(self.pipe.__call__).parameters
+        self._tokenizer = getattr(self.pipe, self.preset.get("tokenizer") or "tokenizer", None) \
+            or getattr(self.pipe, "tokenizer", None)
+        self._batch = max_batch  # shrinks after a CUDA OOM
+
+    # ------------------------------------------------------------------ tokens
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens the text encoder sees for ``prompt``, special tokens included, untruncated.
+
+        A prompt fits when ``count_tokens(prompt) <= max_prompt_tokens``.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if self._tokenizer is None:  # no tokenizer: approximate by words
+            return len(prompt.split()) + 2
+        return len(self._tokenizer(prompt, add_special_tokens=True, truncation=False,
+                                   verbose=False)["input_ids"])
+
+    def truncate(self, prompt: str) -> str:
+        """``prompt`` cut to the encoder's token budget, as text (original casing and spacing).
+
+        Cuts at the last whole word that fits (at a character if a single word is
+        longer than the budget) and drops dangling separators.
+
+        >>> gen.truncate("a cat, " * 60).count("cat") < 60                      # doctest: +SKIP
+        True
+        """
+        if self.count_tokens(prompt) <= self.max_prompt_tokens:
+            return prompt
+        fits = lambda text: self.count_tokens(text) <= self.max_prompt_tokens  # noqa: E731
+        ends = [m.end() for m in re.finditer(r"\S+", prompt)]
+        # binary search the number of whole words that fit
+        lo, hi = 0, len(ends)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(prompt[:ends[mid - 1]]):
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo > 0:
+            cut = prompt[:ends[lo - 1]]
+        else:  # the first word alone is too long: cut inside it
+            lo, hi = 0, len(prompt)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(prompt[:mid]):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            cut = prompt[:lo]
+        return cut.rstrip(" \t\n,;:")
+
+    # ------------------------------------------------------------------ generate
+
+    def _check_inputs(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[int]]:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise TypeError(f"prompts must be a sequence of strings, got {type(prompts).__name__}")
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+            raise TypeError(f"seeds must be a sequence of ints, got {type(seeds).__name__}")
+        if len(prompts) != len(seeds):
+            raise ValueError(
+                f"prompts and seeds are parallel lists (image i = prompts[i] with seeds[i]); got "
+                f"{len(prompts)} prompts and {len(seeds)} seeds. For every prompt x seed, pass "
+                f"[p for p in prompts for s in seeds] and [s for p in prompts for s in seeds]"
+            )
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompts[{i}] must be a string, got {type(p).__name__}")
+            if not p.strip():
+                raise ValueError(f"prompts[{i}] is empty or whitespace ({p!r}); expected text to render")
+        for i, s in enumerate(seeds):
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2 ** 63:
+                raise ValueError(f"seeds[{i}] must be an int in [0, 2**63), got {s!r}")
+        return list(prompts), list(seeds)
+
+    def _call_args(self, prompts: list[str], seeds: list[int]) -> dict:
+        """Pipeline arguments for one chunk; each image gets its own seeded generator."""
+        p = self.preset
+        # mps generators are not reliably reproducible: draw the noise on the cpu there
+        gen_device = "cpu" if self.device.startswith("mps") else self.device
+        args = {
+            "prompt": prompts,
+            "num_inference_steps": int(p["steps"]),
+            "guidance_scale": float(p["guidance"]),
+            "generator": [torch.Generator(device=gen_device).manual_seed(s) for s in seeds],
+            "output_type": "pil",
+        }
+        if p.get("height"):
+            args["height"] = int(p["height"])
+        if p.get("width"):
+            args["width"] = int(p["width"])
+        if p.get("negative_prompt"):
+            args["negative_prompt"] = [p["negative_prompt"]] * len(prompts)
+        args.update(p["call_kwargs"])
+        takes_any = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in self._call_params.values())
+        if not takes_any:
+            dropped = sorted(k for k in args if k not in self._call_params)
+            if dropped:
+                warnings.warn(f"{self.pipeline_class} takes no {dropped}; ignoring them", stacklevel=3)
+            args = {k: v for k, v in args.items() if k in self._call_params}
+        return args
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Generation]:
+        """Render ``prompts[i]`` with ``seeds[i]`` for every i; one Generation each, in order.
+
+        Pairs are rendered in chunks of at most ``max_batch`` images. A prompt
+        over the token budget is rendered as the pipeline truncates it; a
+        warning is issued and ``meta["truncated_tokens"]`` records how many
+        tokens were dropped.
+
+        >>> gens = gen.generate(["a red cube", "a blue ball"], [0, 0])      # doctest: +SKIP
+        >>> gens[0].meta["model"], gens[0].media.size                        # doctest: +SKIP
+        ('stabilityai/sd-turbo', (512, 512))
+        """
+        # 1. check inputs
+        prompts, seeds = self._check_inputs(prompts, seeds)
+        if not prompts:
+            return []
+
+        # 2. measure prompts against the encoder's window
+        n_tokens = [self.count_tokens(p) for p in prompts]
+        for p, n in zip(prompts, n_tokens):
+            if n > self.max_prompt_tokens:
+                warnings.warn(
+                    f"prompt has {n} tokens, over the {self.max_prompt_tokens}-token window of "
+                    f"{self.model_id}; the last {n - self.max_prompt_tokens} are dropped: {p[:60]!r}...",
+                    stacklevel=2,
+                )
+
+        # 3. render in chunks; on CUDA OOM halve the chunk and retry
+        out: list[Generation] = []
+        i = 0
+        while i < len(prompts):
+            size = min(self._batch, len(prompts) - i)
+            chunk_p, chunk_s = prompts[i:i + size], seeds[i:i + size]
+            start = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    images = self.pipe(**self._call_args(chunk_p, chunk_s)).images
+            except Exception as e:
+                if not _is_oom(e) or size == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._batch = max(1, size // 2)
+                warnings.warn(f"out of memory with a batch of {size}; retrying with {self._batch}",
+                              stacklevel=2)
+                continue
+            latency = (time.perf_counter() - start) / size
+
+            # 4. wrap each image with how it was made
+            for j, image in enumerate(images):
+                k = i + j
+                out.append(Generation(prompt=prompts[k], seed=seeds[k], media=image, meta={
+                    "model": self.model_id,
+                    "revision": self.revision,
+                    "pipeline": self.pipeline_class,
+                    "steps": int(self.preset["steps"]),
+                    "guidance": float(self.preset["guidance"]),
+                    "height": image.height,
+                    "width": image.width,
+                    "negative_prompt": self.preset.get("negative_prompt"),
+                    "latency_s": latency,
+                    "batch_size": size,
+                    "prompt_tokens": n_tokens[k],
+                    "truncated_tokens": max(0, n_tokens[k] - self.max_prompt_tokens),
+                }))
+            i += size
+        return out
+
+    # ------------------------------------------------------------------ cache
+
+    def cache_key(self) -> dict:
+        """Everything that determines an image besides (prompt, seed).
+
+        >>> sorted(gen.cache_key())                                          # doctest: +SKIP
+        ['call_kwargs', 'device', 'diffusers', 'dtype', 'generator', 'guidance', ...]
+        """
+        import diffusers
+
+        p = self.preset
+        return {
+            "generator": "diffusers",
+            "model": self.model_id,
+            "revision": self.revision,
+            "variant": self.variant,
+            "pipeline": self.pipeline_class,
+            "scheduler": type(self.pipe.scheduler).__name__ if hasattr(self.pipe, "scheduler") else None,
+            "dtype": dtype_name(self.dtype),
+            "device": self.device.split(":")[0],
+            "steps": int(p["steps"]),
+            "guidance": float(p["guidance"]),
+            "height": p.get("height"),
+            "width": p.get("width"),
+            "negative_prompt": p.get("negative_prompt"),
+            "call_kwargs": p["call_kwargs"],
+            "diffusers": diffusers.__version__,
+        }
+
+    def __repr__(self) -> str:
+        return (f"DiffusersGenerator({self.model_id!r}, device={self.device!r}, "
+                f"dtype={dtype_name(self.dtype)}, steps={self.preset['steps']})")
+
+
+def from_name(rest: str, **kwargs: Any) -> DiffusersGenerator:
+    """Registry factory for ``"diffusers:<hub id or path>[@revision]"``.
+
+    >>> from mmopt.registry import create
+    >>> create("generator", "diffusers:stabilityai/sd-turbo", max_batch=8)  # doctest: +SKIP
+    """
+    rest = (rest or "").strip()
+    if not rest:
+        raise ValueError("expected 'diffusers:<hub id or local directory>', got no model after 'diffusers:'")
+    if "@" in rest and not Path(rest).expanduser().exists() and "revision" not in kwargs:
+        rest, _, kwargs["revision"] = rest.rpartition("@")
+    return DiffusersGenerator(rest, **kwargs)
