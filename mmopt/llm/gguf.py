@@ -73,8 +73,11 @@ def embedded_smollm2_path() -> str:
 class LlamaCppBackend:
     """Runs a GGUF chat model with llama-cpp-python.
 
-    ``n_threads`` defaults to every CPU core; ``n_ctx`` is the context window
-    used (prompt + reply). The chat template comes from the GGUF metadata.
+    ``n_threads`` defaults to half the logical cores (at least 1), llama.cpp's
+    own choice: its threads spin while waiting, so more threads than free
+    cores makes it several times slower on a busy machine. ``n_ctx`` is the
+    context window used (prompt + reply). The chat template comes from the
+    GGUF metadata.
     """
 
     name = "llamacpp"
@@ -87,7 +90,7 @@ class LlamaCppBackend:
         self.model = str(path)
         self._lock = threading.Lock()
         try:
-            self._llm = Llama(model_path=self.model, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1,
+            self._llm = Llama(model_path=self.model, n_ctx=n_ctx, n_threads=n_threads or max(1, (os.cpu_count() or 2) // 2),
                               verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.model!r}: {e}") from e
