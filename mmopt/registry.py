@@ -55,6 +55,7 @@ _FACTORIES["strategy"].update({
 })
 _FACTORIES["proposer"].update({
     "opt2i": "mmopt.proposers.opt2i:from_name",
+    "rules": "mmopt.proposers.rules:from_name",
 })
 
 _INSTANCES: dict[tuple, Any] = {}
