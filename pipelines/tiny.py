@@ -256,7 +256,8 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
 
     # 2. seeded random weights
     with _seeded(seed):
-        model = open_clip.CLIP(**cfg["model_cfg"])
+        model = open_clip.CLIP(**cfg["model_cfg"]).eval()
+    _orient_towards_positive_cosine(model, cfg["model_cfg"], seed)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
     # 3. save in the hub-repo layout
@@ -265,6 +266,29 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
     (out / _STAMP).write_text(json.dumps({"fingerprint": fingerprint, "seed": seed}))
     return out
+
+
+@torch.no_grad()
+def _orient_towards_positive_cosine(model, model_cfg: dict, seed: int) -> None:
+    """Flip the text projection's sign if image-text cosines are negative on average.
+
+    A random CLIP maps every image near one direction and every text near
+    another, so all its cosines share one sign, set by the seed. CLIPScore
+    clamps negative cosines to 0, which would make every tiny score 0; the
+    flip (a deterministic function of the weights) keeps them positive and
+    varied, so offline runs have something to optimize.
+    """
+    import open_clip
+
+    size = model_cfg["vision_cfg"]["image_size"]
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(8, 3, size, size, generator=gen)
+    texts = open_clip.tokenize(["a photo of a cat", "a red cube", "a house by a lake", "two dogs",
+                                "a blue car", "a bowl of fruit", "a man on a horse", "a city at night"])
+    img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    txt = torch.nn.functional.normalize(model.encode_text(texts), dim=-1)
+    if (img @ txt.T).mean() < 0:
+        model.text_projection.mul_(-1)
 
 
 def dir_size_bytes(path: str | Path) -> int:

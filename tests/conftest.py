@@ -1,0 +1,61 @@
+"""Shared test fixtures: tiny offline models built once per test session.
+
+Nothing downloads: ``HF_HUB_OFFLINE=1`` is set for the whole session, and the
+tiny models are built from the configs in ``mmopt/assets/configs`` with the
+real CLIP BPE tokenizer.
+
+Fixtures (session-scoped, so every test file shares one build):
+  tiny_sd_dir     Path of a tiny Stable Diffusion pipeline (64 px, 2 steps).
+  tiny_clip_dir   Path of a tiny open_clip model (open_clip_config.json + safetensors).
+  clip_tok_dir    Path of transformers CLIPTokenizer files (real CLIP BPE).
+  tiny_generator  DiffusersGenerator on tiny_sd_dir, loaded through the registry.
+  tiny_clip       CLIPScoreScorer on tiny_clip_dir, loaded through the registry.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tiny_dir_root):
+    from mmopt.pipelines.tiny import build_tiny_sd
+
+    return build_tiny_sd(tiny_dir_root / "sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tiny_dir_root):
+    from mmopt.pipelines.tiny import build_tiny_clip
+
+    return build_tiny_clip(tiny_dir_root / "clip", seed=0)
+
+
+@pytest.fixture(scope="session")
+def clip_tok_dir(tiny_dir_root):
+    from mmopt.pipelines.tiny import clip_tokenizer_dir
+
+    return clip_tokenizer_dir(tiny_dir_root / "clip-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_sd_dir):
+    from mmopt.registry import create
+
+    return create("generator", f"diffusers:{tiny_sd_dir}")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_dir):
+    from mmopt.registry import create
+
+    return create("scorer", f"clip:{tiny_clip_dir}")
