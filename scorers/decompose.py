@@ -174,6 +174,24 @@ class Decomposer:
         return Decomposition(intent, (intent,), "whole",
                              f"{note}; no noun phrase found, the whole intent is one concept")
 
+    def messages(self, intent: str) -> list[dict]:
+        """The chat request for ``intent``: instruction, few-shot turns, then the intent.
+
+        The template's first paragraph is the instruction; each later paragraph
+        ``Prompt: ...`` followed by ``- phrase`` lines becomes a user/assistant
+        pair (small models follow examples given as turns better than inline).
+        """
+        blocks = [b.strip() for b in re.split(r"\n\s*\n", self.template) if b.strip()]
+        messages = [{"role": "system", "content": blocks[0]}] if "{prompt}" not in blocks[0] else []
+        for block in blocks[1:] if messages else blocks:
+            if "{prompt}" in block:
+                messages.append({"role": "user", "content": block.replace("{prompt}", intent)})
+                continue
+            head, _, answer = block.partition("\n")
+            messages.append({"role": "user", "content": head.strip()})
+            messages.append({"role": "assistant", "content": answer.strip()})
+        return messages
+
     def _from_llm(self, intent: str) -> tuple[list[str], str]:
         from mmopt.llm.parsing import parse_prompts
 
@@ -181,9 +199,8 @@ class Decomposer:
         key = content_key("noun-phrases", llm_name, self.template, intent, self.max_tokens)
         raw = self.cache.get_json(key) if self.cache is not None else None
         if raw is None:
-            messages = [{"role": "user", "content": self.template.format(prompt=intent)}]
             try:
-                replies = self.llm.chat(messages, n=1, temperature=0.0,
+                replies = self.llm.chat(self.messages(intent), n=1, temperature=0.0,
                                         max_tokens=self.max_tokens, seed=0)
             except Exception as e:  # any backend failure falls back to rules, recorded
                 return [], f"LLM failed: {type(e).__name__}: {e}"
@@ -200,8 +217,9 @@ class Decomposer:
         for phrase in candidates:
             phrase = phrase.strip(" .")
             words = _content(phrase)
-            # A phrase must be short and name something the intent names.
-            if not words or not words & intent_words or len(_words(phrase)) > 8:
+            # A phrase must be short and name only what the intent names: small
+            # models copy the few-shot examples or invent objects ("a glass cat").
+            if not words or not words <= intent_words or len(_words(phrase)) > 8:
                 continue
             if phrase.lower() not in seen:
                 seen.add(phrase.lower())
