@@ -42,6 +42,7 @@ _FACTORIES["scorer"].update({
 _FACTORIES["vqa"].update({
     "blip": "mmopt.scorers.vqa:blip_from_name",
     "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
+    "shapes": "mmopt.shapesworld.vqa:from_name",
 })
 _FACTORIES["llm"].update({
     "gguf": "mmopt.llm.gguf:from_name",

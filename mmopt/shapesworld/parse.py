@@ -55,6 +55,10 @@ CAPTION_PREFIXES: tuple[tuple[str, ...], ...] = tuple(sorted(
 #: Grammar words that only glue clauses together.
 CAPTION_FILLERS = {"and", ",", ";", "is", "are", "there"}
 
+#: Words that end a noun phrase rather than being skipped as unknown adjectives.
+_NOT_ADJECTIVES = {"and", ",", ";", "of", "the", "a", "an", "is", "are", "there", "with", "to", "on", "in",
+                   "at", "next", "near", "by", "or", "not", "no"}
+
 _TOKEN_RE = re.compile(r"[a-z]+|\d+|[,;]")
 
 
@@ -85,6 +89,7 @@ class NounPhrase:
     definite: bool
     indefinite_article: bool  # "a"/"an"
     at_least: bool = False    # "at least two"
+    skipped: tuple[int, ...] = ()  # positions of unknown words inside the phrase ("a shiny red circle")
     start: int = 0
     end: int = 0              # token span [start, end)
 
@@ -133,9 +138,20 @@ def _noun_phrase_at(tokens: list[str], i: int) -> NounPhrase | None:
     if j < n and tokens[j] in NUMBER_WORD:
         count = NUMBER_WORD[tokens[j]]
         j += 1
-    # 2. adjectives in any order
+    # 2. adjectives in any order; up to two unknown words are skipped (and
+    #    reported) when a shape noun follows: "a shiny red circle"
     colour = size = None
-    while j < n and (tokens[j] in COLOUR_WORD or tokens[j] in SIZE_WORD or tokens[j] == "coloured"):
+    skipped: list[int] = []
+    while j < n:
+        if tokens[j] not in COLOUR_WORD and tokens[j] not in SIZE_WORD and tokens[j] != "coloured":
+            if (len(skipped) < 2 and tokens[j] not in _NOT_ADJECTIVES and tokens[j] not in NUMBER_WORD
+                    and tokens[j] not in SHAPE_WORD and tokens[j] not in SHAPE_PLURAL_WORD
+                    and tokens[j] not in WILDCARD_NOUNS and _match_phrase(tokens, j, _RELATION_KEYS) is None
+                    and _noun_phrase_at(tokens, j + 1) is not None):
+                skipped.append(j)
+                j += 1
+                continue
+            break
         if tokens[j] in COLOUR_WORD:
             if colour is not None:
                 return None  # "red blue circle": not a phrase we can read
@@ -157,7 +173,7 @@ def _noun_phrase_at(tokens: list[str], i: int) -> NounPhrase | None:
         shape, plural = None, WILDCARD_NOUNS[w]
     else:
         return None
-    return NounPhrase(colour, shape, size, count, plural, definite, article, at_least, i, j + 1)
+    return NounPhrase(colour, shape, size, count, plural, definite, article, at_least, tuple(skipped), i, j + 1)
 
 
 def scan(tokens: list[str], extra_phrases: tuple[tuple[str, ...], ...] = ()) -> list[Item]:
@@ -270,6 +286,8 @@ def parse_description(text: str) -> tuple[G.Description, tuple[str, ...]]:
             relations.append(r)
     # 3. everything else: grammar glue is silent, the rest is reported
     for it in items:
+        if it.kind == "np":
+            ignored.extend((p, tokens[p]) for p in it.np.skipped)
         if it.kind == "word" and it.word not in CAPTION_FILLERS and " " not in it.word:
             ignored.append((it.start, it.word))
         elif it.kind == "attr":  # a colour/size word with no shape after it
