@@ -195,3 +195,8 @@ def test_small_model_style_output():
         "A cat sitting on a windowsill, sunlight",
         "A cat sitting on a windowsill in the morning sun, detailed fur",
     ]
+
+
+def test_scores_copied_from_the_history_are_removed():
+    text = "1. a couch, blue chair, photo score: 0.980, red cat\n2. a cat on a sofa (score 0.7)\n3. a dog  Score: 12/100"
+    assert parse_prompts(text) == ["a couch, blue chair, photo, red cat", "a cat on a sofa", "a dog"]

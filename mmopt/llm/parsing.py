@@ -82,6 +82,8 @@ _TRAILING_EXPL = re.compile(
     r"(?:\s+[-–—:]\s+|\s*\n\s*|(?<=[.!?\"”])\s+|\s*[(\[])\s*(?:%s).*\Z" % _EXPLANATION_START,
     re.IGNORECASE | re.DOTALL,
 )
+# Scores copied from the history of the meta-prompt: "score: 0.61", "(score 0.7)".
+_SCORE_RESIDUE = re.compile(r"[\s,;-]*[(\[]?\bscore\s*[:=]?\s*-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?[)\]]?", re.IGNORECASE)
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`", "«": "»", "„": "“"}
 
 
@@ -252,6 +254,7 @@ def clean_item(item: str) -> str:
     s = _strip_quotes(s)
     s = _TRAILING_EXPL.sub("", s).strip()
     s = _strip_emphasis(_strip_quotes(s))
+    s = _SCORE_RESIDUE.sub("", s)
     s = re.sub(r"\s+", " ", s).strip()
     # Commas/semicolons/colons at the end are list residue; a final period is kept.
     s = s.rstrip(",;:").strip()

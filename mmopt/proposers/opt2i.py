@@ -1,0 +1,223 @@
+"""OPT2I: an LLM rewrites the prompt from the history of scored prompts.
+
+After Manas et al. 2024 ("Improving Text-to-Image Consistency via Automatic
+Prompt Optimization"): the LLM sees the user's intent, the top-k (prompt,
+score) pairs sorted ascending by score, and the scorer's feedback, and is
+asked for N distinct revisions. Here the meta-prompt also states the
+generator's prompt style (tags or sentences), its token budget, and the
+protected spans that must appear verbatim. The template is data:
+``assets/templates/opt2i.txt`` with ``$placeholders``.
+
+Every reply goes through ``mmopt.llm.parsing.parse_prompts``; candidates
+already tried are dropped, candidates that lost a protected span are
+repaired or rejected, and an attempt that yields nothing usable is retried
+with a new seed drawn from ``state.rng``. After the retries the proposer
+returns what it has, possibly ``[]``: the loop records the failure and keeps
+the current best.
+
+>>> from mmopt.llm import load_llm                         # doctest: +SKIP
+>>> OPT2IProposer(load_llm("smollm2")).propose(state, 5)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import string
+from typing import Any
+
+from mmopt import protect
+from mmopt.errors import LLMError
+from mmopt.llm.parsing import normalize_for_dedup, parse_prompts
+from mmopt.types import SearchState, Trial
+
+__all__ = ["OPT2IProposer", "from_name", "load_template", "SYSTEM_MESSAGE"]
+
+log = logging.getLogger(__name__)
+
+SYSTEM_MESSAGE = "You are an expert prompt engineer for text-to-image models."
+PLACEHOLDERS = ("intent", "style", "max_tokens", "protected_block", "history", "feedback_block", "n")
+_STYLE_TEXT = {
+    "tags": "comma-separated keywords and short phrases",
+    "sentences": "one or two plain descriptive sentences in natural language",
+}
+
+
+def load_template(template: str | os.PathLike | None = None) -> str:
+    """The meta-prompt text: the shipped default, a file path, or template text itself.
+
+    Text is recognised by containing ``$intent``; it must use ``$intent``,
+    ``$history`` and ``$n`` and no placeholder outside ``PLACEHOLDERS``.
+    """
+    if template is None:
+        text = (importlib.resources.files("mmopt.assets") / "templates" / "opt2i.txt").read_text("utf-8")
+    elif isinstance(template, (str, os.PathLike)) and "$intent" not in str(template):
+        path = os.path.expanduser(str(template))
+        if not os.path.isfile(path):
+            raise ValueError(f"template must be template text containing $intent or a path to a file; "
+                             f"got {str(template)[:80]!r}, which is neither")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    elif isinstance(template, str):
+        text = template
+    else:
+        raise TypeError(f"template must be None, a str or a path, got {type(template).__name__}")
+    names = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)
+             if m.group("named") or m.group("braced")}
+    unknown = names - set(PLACEHOLDERS)
+    missing = {"intent", "history", "n"} - names
+    if unknown or missing:
+        raise ValueError(f"OPT2I template: unknown placeholders {sorted(unknown)}, missing {sorted(missing)}; "
+                         f"allowed: {', '.join('$' + p for p in PLACEHOLDERS)}")
+    return text
+
+
+class OPT2IProposer:
+    """Proposer that asks an LLM for ``n`` distinct revisions of the prompt.
+
+    Takes an ``LLM`` (anything with ``chat``); ``history_k`` caps the scored
+    prompts shown; ``template`` is template text, a path, or None for the
+    shipped one; ``temperature``/``max_tokens`` go to the LLM (``max_tokens``
+    None: 60 per requested prompt + 40); ``max_retries`` extra attempts follow
+    an attempt with no usable rewrite; ``max_feedback`` trials' feedback is shown.
+
+    After each ``propose`` call, ``last_stats`` says what happened (attempts,
+    LLM calls, candidates parsed/repaired/rejected, errors).
+    """
+
+    def __init__(self, llm: Any, *, history_k: int = 10, template: str | os.PathLike | None = None,
+                 temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
+                 max_feedback: int = 3):
+        # 1. check inputs
+        if not callable(getattr(llm, "chat", None)):
+            raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
+        if not isinstance(history_k, int) or history_k < 1:
+            raise ValueError(f"history_k must be an int >= 1, got {history_k!r}")
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
+            raise ValueError(f"temperature must be a number in [0, 5], got {temperature!r}")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 16):
+            raise ValueError(f"max_tokens must be an int >= 16 or None, got {max_tokens!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if not isinstance(max_feedback, int) or max_feedback < 0:
+            raise ValueError(f"max_feedback must be an int >= 0, got {max_feedback!r}")
+        self.llm = llm
+        self.history_k = history_k
+        self.template = load_template(template)
+        self.temperature = float(temperature)
+        self.max_tokens = max_tokens
+        self.max_retries = max_retries
+        self.max_feedback = max_feedback
+        self.name = f"opt2i({getattr(llm, 'name', type(llm).__name__)})"
+        self.last_stats: dict = {}
+
+    # ------------------------------------------------------------ meta-prompt
+    def _history(self, state: SearchState) -> list[Trial]:
+        """The top-k scored trials, sorted ascending by objective (best last, as in OPT2I)."""
+        pool = list(state.history) or list(state.trials)
+        top = sorted(pool, key=lambda t: (t.objective, -t.index), reverse=True)[: self.history_k]
+        return sorted(top, key=lambda t: (t.objective, -t.index))
+
+    def build_messages(self, state: SearchState, n: int, protected: list[str]) -> list[dict]:
+        """The chat messages of the meta-prompt for ``state``, asking for ``n`` revisions."""
+        history = self._history(state)
+        intent = " ".join(protect.strip_keep_tags(state.intent).split())
+        if history:
+            lines = [f"{i}. {t.prompt}\n   score: {t.objective:.3f}" for i, t in enumerate(history, 1)]
+        else:
+            lines = [f"1. {intent}\n   score: not measured yet"]
+        feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
+        feedback_block = ""
+        if feedback:
+            items = [f'- for "{t.prompt}": {" ".join(t.feedback.split())[:400]}' for t in feedback]
+            feedback_block = "\nWhat the scorer found wrong with the best images:\n" + "\n".join(items) + "\n"
+        protected_block = ""
+        if protected:
+            spans = ", ".join(f'"{s}"' for s in protected)
+            protected_block = f"\nCopy these exact spans unchanged into every prompt: {spans}.\n"
+        style = _STYLE_TEXT.get(state.prompt_style, f"prompts in the style: {state.prompt_style}")
+        text = string.Template(self.template).safe_substitute(
+            intent=intent, style=style, max_tokens=state.max_prompt_tokens, n=n,
+            protected_block=protected_block, history="\n".join(lines), feedback_block=feedback_block,
+        )
+        return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": text}]
+
+    # ------------------------------------------------------------ proposing
+    def propose(self, state: SearchState, n: int) -> list[str]:
+        """Up to ``n`` new prompts, distinct from each other and from every tried prompt."""
+        # 1. check inputs
+        if not isinstance(state, SearchState):
+            raise TypeError(f"state must be a SearchState, got {type(state).__name__}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        protected = list(dict.fromkeys(state.protected))
+        try:
+            protected += [s for s in protect.find_protected(state.intent) if s not in protected]
+        except ValueError:
+            pass  # malformed <keep> tags in the intent: rely on state.protected
+        seen = {normalize_for_dedup(protect.strip_keep_tags(p)) for p in state.seen_prompts()}
+        seen.add(normalize_for_dedup(protect.strip_keep_tags(state.intent)))
+        stats = {"attempts": 0, "llm_calls": 0, "parsed": 0, "repaired": 0, "rejected_seen": 0,
+                 "rejected_protected": 0, "rejected_length": 0, "errors": []}
+        self.last_stats = stats
+        # A rambling paragraph is no prompt: allow up to twice the encoder budget in words.
+        max_words = max(20, 2 * int(state.max_prompt_tokens))
+
+        # 2. ask, parse, filter; retry with a fresh seed while nothing usable came back
+        accepted: list[str] = []
+        for attempt in range(1 + self.max_retries):
+            want = n - len(accepted)
+            seed = state.rng.randrange(2**31)  # the run's RNG, never the global one
+            messages = self.build_messages(state, want, protected)
+            max_tokens = self.max_tokens or 60 * want + 40
+            stats["attempts"] += 1
+            stats["llm_calls"] += 1
+            try:
+                reply = self.llm.chat(messages, n=1, temperature=self.temperature, max_tokens=max_tokens,
+                                      seed=seed)[0]
+            except LLMError as e:
+                log.warning("%s: LLM failed on attempt %d: %s", self.name, attempt + 1, e)
+                stats["errors"].append(str(e))
+                continue
+            for cand in parse_prompts(reply, max_items=4 * want):
+                stats["parsed"] += 1
+                cand = " ".join(protect.strip_keep_tags(cand).split())
+                if protected and protect.check(cand, protected):
+                    fixed = protect.repair(cand, protected)
+                    if fixed is None:
+                        stats["rejected_protected"] += 1
+                        continue
+                    stats["repaired"] += 1
+                    cand = fixed
+                if len(cand.split()) > max_words:
+                    stats["rejected_length"] += 1
+                    continue
+                key = normalize_for_dedup(cand)
+                if key in seen:
+                    stats["rejected_seen"] += 1
+                    continue
+                seen.add(key)
+                accepted.append(cand)
+                if len(accepted) >= n:
+                    break
+            # Retries are for empty-handed attempts; a partial answer is kept as is
+            # (asking again for the rest would double the LLM time per iteration).
+            if accepted:
+                break
+        if not accepted:
+            log.warning("%s: no usable rewrite after %d attempts", self.name, stats["attempts"])
+        return accepted[:n]
+
+
+def from_name(rest: str = "", *, llm: Any = None, **kw) -> OPT2IProposer:
+    """Registry factory: ``"opt2i"`` (embedded SmolLM2), ``"opt2i:<llm name>"`` or ``llm=`` an LLM/name.
+
+    >>> from_name("openai:gpt-4o-mini@https://api.openai.com/v1")  # doctest: +SKIP
+    """
+    from mmopt.llm import DEFAULT_LLM, load_llm
+
+    if llm is not None and rest:
+        raise ValueError(f"give the LLM either in the name ('opt2i:{rest}') or as llm=, not both")
+    if llm is None or isinstance(llm, str):
+        llm = load_llm(llm or rest or DEFAULT_LLM)
+    return OPT2IProposer(llm, **kw)

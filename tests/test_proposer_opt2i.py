@@ -1,0 +1,177 @@
+"""OPT2I proposer: meta-prompt, filtering, retries (scripted LLM), and the real embedded SmolLM2."""
+import random
+
+import pytest
+
+from mmopt import registry
+from mmopt.errors import LLMError
+from mmopt.proposers.opt2i import OPT2IProposer, from_name, load_template
+from mmopt.protect import check
+from mmopt.types import SearchState, Trial
+
+
+class ScriptedLLM:
+    """Replays replies and records requests: for parsing-level tests only."""
+
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.requests = []
+
+    def chat(self, messages, *, n=1, temperature=1.0, max_tokens=256, seed=None):
+        self.requests.append({"messages": messages, "n": n, "seed": seed, "max_tokens": max_tokens,
+                              "temperature": temperature})
+        reply = self.replies.pop(0) if self.replies else ""
+        if isinstance(reply, Exception):
+            raise reply
+        return [reply]
+
+
+def trial(i, prompt, objective, feedback=""):
+    return Trial(index=i, iteration=i, prompt=prompt, objective=objective, scores={"clip": objective},
+                 feedback=feedback)
+
+
+def make_state(trials=(), *, intent="a red cat sitting on a blue chair", seed=0, **kw):
+    trials = list(trials)
+    return SearchState(intent=intent, iteration=1, trials=trials, history=trials, rng=random.Random(seed), **kw)
+
+
+def user_text(llm, i=-1):
+    return llm.requests[i]["messages"][-1]["content"]
+
+
+def test_meta_prompt_has_every_part():
+    trials = [trial(0, "a red cat on a blue chair", 0.61, "Is the chair blue? no"),
+              trial(1, "red cat, blue chair", 0.70),
+              trial(2, "a cat", 0.20)]
+    llm = ScriptedLLM(["1. a red cat curled on a blue wooden chair"])
+    p = OPT2IProposer(llm, history_k=2)
+    state = make_state(trials, intent="a <keep>red cat</keep> sitting on a blue chair", prompt_style="sentences",
+                       max_prompt_tokens=120, protected=("red cat",))
+    assert p.propose(state, 3) == ["a red cat curled on a blue wooden chair"]
+    text = user_text(llm)
+    assert "a red cat sitting on a blue chair" in text and "<keep>" not in text      # intent, tags stripped
+    assert "descriptive sentences" in text and "120 tokens" in text                 # style and budget
+    assert "Write 3 new prompts" in text and "numbered list" in text                # N distinct revisions
+    assert '"red cat"' in text                                                      # protected spans
+    # top-2 history, ascending: 0.61 then 0.70; the 0.20 trial is beyond history_k
+    assert text.index("a red cat on a blue chair\n   score: 0.610") < text.index("red cat, blue chair\n   score: 0.700")
+    assert "a cat\n" not in text and "0.200" not in text
+    assert "Is the chair blue? no" in text                                          # scorer feedback
+    assert llm.requests[0]["messages"][0]["role"] == "system"
+
+
+def test_tags_style_and_no_history():
+    llm = ScriptedLLM(["1. red cat, blue chair, studio photo"])
+    OPT2IProposer(llm).propose(make_state(), 2)
+    text = user_text(llm)
+    assert "comma-separated keywords" in text and "not measured yet" in text and "$" not in text
+
+
+def test_filters_seen_duplicates_and_limits_to_n():
+    trials = [trial(0, "a red cat sitting on a blue chair", 0.5), trial(1, "red cat, blue chair", 0.6)]
+    reply = ("Sure! Here are 4 prompts:\n1. Red cat, blue chair\n2. a red cat on a blue velvet chair\n"
+             "3. A red cat on a blue velvet chair.\n4. a ginger cat on a cobalt chair, soft light\n"
+             "5. a red cat napping on a blue chair")
+    p = OPT2IProposer(ScriptedLLM([reply]))
+    out = p.propose(make_state(trials), 2)
+    assert out == ["a red cat on a blue velvet chair", "a ginger cat on a cobalt chair, soft light"]
+    # the parser already merged the case variant; the tried prompt is dropped here
+    assert p.last_stats["rejected_seen"] == 1 and p.last_stats["attempts"] == 1
+
+
+def test_protected_spans_repaired():
+    llm = ScriptedLLM(["1. a ginger cat on a chair\n2. <lora:film:0.7> a red cat asleep on a (blue chair:1.1)\n"
+                       "3. <lora:film:0.7> a red cat on a blue chair"])
+    state = make_state(intent="<lora:film:0.7> a red cat on a (blue chair:1.3)")
+    p = OPT2IProposer(llm)
+    out = p.propose(state, 3)
+    # the third, once repaired, is the intent itself: dropped as already seen
+    assert out == ["<lora:film:0.7> a ginger cat on a chair, (blue chair:1.3)",
+                   "<lora:film:0.7> a red cat asleep on a (blue chair:1.3)"]
+    assert all(check(c, ["<lora:film:0.7>", "(blue chair:1.3)"]) == [] for c in out)
+    assert p.last_stats["repaired"] == 3 and p.last_stats["rejected_seen"] == 1
+
+
+def test_retries_with_new_seeds_then_returns_empty():
+    llm = ScriptedLLM(["Sure!", "<think>hmm</think>", "1. a red cat sitting on a blue chair"])
+    p = OPT2IProposer(llm, max_retries=2)
+    assert p.propose(make_state(seed=3), 2) == []
+    seeds = [r["seed"] for r in llm.requests]
+    assert len(seeds) == 3 and len(set(seeds)) == 3
+    # the seeds come from state.rng: the same run seed gives the same LLM seeds
+    again = ScriptedLLM([""] * 3)
+    OPT2IProposer(again, max_retries=2).propose(make_state(seed=3), 2)
+    assert [r["seed"] for r in again.requests] == seeds
+    expected_rng = random.Random(3)
+    assert seeds == [expected_rng.randrange(2**31) for _ in range(3)]
+
+
+def test_retry_succeeds_after_an_llm_error():
+    llm = ScriptedLLM([LLMError("HTTP 503 after retries"), "1. a red cat on a blue armchair"])
+    p = OPT2IProposer(llm)
+    assert p.propose(make_state(), 2) == ["a red cat on a blue armchair"]
+    assert p.last_stats["attempts"] == 2 and "503" in p.last_stats["errors"][0]
+
+
+def test_rambling_reply_is_rejected():
+    long = "a red cat " + "and a very long story about it " * 30
+    p = OPT2IProposer(ScriptedLLM([long, long, long]), max_retries=2)
+    assert p.propose(make_state(max_prompt_tokens=20), 1) == []
+    assert p.last_stats["rejected_length"] == 3
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="chat"):
+        OPT2IProposer(object())
+    with pytest.raises(ValueError, match="history_k"):
+        OPT2IProposer(ScriptedLLM([]), history_k=0)
+    p = OPT2IProposer(ScriptedLLM([]))
+    with pytest.raises(ValueError, match="n must"):
+        p.propose(make_state(), 0)
+    with pytest.raises(TypeError, match="SearchState"):
+        p.propose({"intent": "x"}, 1)
+
+
+def test_templates(tmp_path):
+    assert "$intent" in load_template()
+    custom = "Intent: $intent\nHistory:\n$history\nGive $n prompts."
+    llm = ScriptedLLM(["1. a red cat on a blue stool"])
+    OPT2IProposer(llm, template=custom).propose(make_state(), 2)
+    assert user_text(llm).startswith("Intent: a red cat sitting on a blue chair\nHistory:\n1. ")
+    path = tmp_path / "t.txt"
+    path.write_text(custom)
+    assert load_template(str(path)) == custom
+    with pytest.raises(ValueError, match="unknown placeholders"):
+        load_template("$intent $history $n $oops")
+    with pytest.raises(ValueError, match="missing"):
+        load_template("$intent only")
+    with pytest.raises(ValueError, match="neither"):
+        load_template("/no/such/template.txt")
+
+
+def test_registry_and_from_name():
+    llm = ScriptedLLM([])
+    p = registry.create("proposer", "opt2i", llm=llm, history_k=4, reuse=False)
+    assert isinstance(p, OPT2IProposer) and p.llm is llm and p.history_k == 4
+    with pytest.raises(ValueError, match="not both"):
+        from_name("smollm2", llm=llm)
+
+
+# ------------------------------------------------------------ the real embedded model
+
+def test_real_smollm2_proposes_new_candidates_keeping_keep_span():
+    proposer = registry.create("proposer", "opt2i", reuse=False)  # default LLM: embedded SmolLM2
+    intent = "a <keep>red cat</keep> sitting on a blue chair"
+    state = make_state([trial(0, "a red cat sitting on a blue chair", 0.6)], intent=intent, seed=1,
+                       protected=("red cat",))
+    out = proposer.propose(state, 2)
+    assert 1 <= len(out) <= 2
+    assert len({c.lower() for c in out}) == len(out)
+    assert all("red cat" in c and c != "a red cat sitting on a blue chair" for c in out)
+    # same run seed, same proposals
+    again = proposer.propose(make_state([trial(0, "a red cat sitting on a blue chair", 0.6)], intent=intent,
+                                        seed=1, protected=("red cat",)), 2)
+    assert again == out
