@@ -375,3 +375,8 @@ def parse_caption(text: str) -> ParseResult:
     """
     desc, ignored = parse_description(text)
     return ParseResult(questions_for(desc), desc.groups, ignored, desc.relations)
+
+
+def dsg_questions(caption: str) -> list[DSGQuestion]:
+    """Question source for ``DSGScorer(questions=dsg_questions)``: the parser's DSG questions."""
+    return list(parse_caption(caption).questions)
