@@ -54,9 +54,9 @@ def _check_intent(intent: Any) -> str:
 
 
 def _pick_device(device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from mmopt.device import pick_device
+
+    return torch.device(pick_device(device))
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -83,13 +83,15 @@ class PickScoreScorer:
         model: hub id or local directory of a transformers ``CLIPModel``.
         processor: hub id or local directory of its ``CLIPProcessor`` (PickScore
             ships none; it uses the LAION ViT-H-14 processor).
-        device: torch device (CUDA when available by default).
+        device, dtype: torch device and dtype (default: CUDA bf16 when available, else CPU fp32).
         batch_size: images per forward pass.
     """
 
     def __init__(self, model: str = PICKSCORE_MODEL, *, processor: str | None = None,
-                 device: Any = None, batch_size: int = 16, name: str | None = None):
+                 device: Any = None, dtype: Any = None, batch_size: int = 16, name: str | None = None):
         from transformers import AutoProcessor, CLIPModel
+
+        from mmopt.device import pick_dtype
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -97,17 +99,20 @@ class PickScoreScorer:
             processor = PICKSCORE_PROCESSOR if model == PICKSCORE_MODEL else model
         self.model_id, self.processor_id = str(model), str(processor)
         self.device = _pick_device(device)
+        self.dtype = pick_dtype(self.device.type, dtype)
         self.batch_size = batch_size
         try:
             self.processor = AutoProcessor.from_pretrained(self.processor_id)
-            self.model = CLIPModel.from_pretrained(self.model_id).to(self.device).eval()
+            model = CLIPModel.from_pretrained(self.model_id)
         except Exception as e:  # OSError: unreachable hub / missing files
             raise ModelLoadError(
                 f"could not load PickScore (model {self.model_id!r}, processor {self.processor_id!r}): "
                 f"{e}. Pass local directories or make the hub reachable") from e
-        self.scale = float(self.model.logit_scale.detach().exp())
+        # the scale is read in fp32, before a cast to bf16 would round it
+        self.scale = float(model.logit_scale.detach().float().exp())
+        self.model = model.to(self.device, self.dtype).eval()
         self.value_range = (-self.scale, self.scale)
-        self.name = name or ("pickscore" if self.model_id == PICKSCORE_MODEL else f"pickscore:{model}")
+        self.name = name or ("pickscore" if self.model_id == PICKSCORE_MODEL else f"pickscore:{self.model_id}")
 
     @torch.no_grad()
     def _text(self, intent: str) -> torch.Tensor:
@@ -158,19 +163,22 @@ class HPSScorer:
             local open_clip directory / ``hf-hub:`` id giving config and tokenizer.
         sha256: expected digest of the checkpoint (the first load of a remote source
             records it otherwise).
-        device: torch device (CUDA when available by default).
+        device, dtype: torch device and dtype (default: CUDA bf16 when available, else CPU fp32).
     """
 
     value_range = (-1.0, 1.0)
 
     def __init__(self, checkpoint: str | os.PathLike = "v2.1", *, model: str = HPS_ARCH,
-                 sha256: str | None = None, device: Any = None, batch_size: int = 16,
-                 name: str | None = None):
+                 sha256: str | None = None, device: Any = None, dtype: Any = None,
+                 batch_size: int = 16, name: str | None = None):
         import open_clip
+
+        from mmopt.device import pick_dtype
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.device = _pick_device(device)
+        self.dtype = pick_dtype(self.device.type, dtype)
         self.batch_size = batch_size
         spec = HPS_CHECKPOINTS.get(str(checkpoint), checkpoint)
 
@@ -197,7 +205,7 @@ class HPSScorer:
                 f"HPS checkpoint {str(spec)!r} does not fit open_clip {model!r}: "
                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-        self.model = net.to(self.device).eval()
+        self.model = net.to(self.device, self.dtype).eval()
         self.preprocess = preprocess
         label = str(checkpoint) if str(checkpoint) in HPS_CHECKPOINTS else Path(os.fspath(checkpoint)).name
         self.name = name or f"hps:{label}"
@@ -214,7 +222,7 @@ class HPSScorer:
         feats = []
         for start in range(0, len(images), self.batch_size):
             pix = torch.stack([self.preprocess(im) for im in images[start:start + self.batch_size]])
-            feats.append(self.model.encode_image(pix.to(self.device)).float())
+            feats.append(self.model.encode_image(pix.to(self.device, self.dtype)).float())
         img = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
         cos = (img @ text.T).squeeze(-1).cpu().tolist()
         values = mean_per_generation(cos, owner, len(generations))
