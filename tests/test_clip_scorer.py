@@ -171,3 +171,16 @@ def test_hub_models_fail_fast_offline():
         with pytest.raises(ModelLoadError, match="no network"):
             create("scorer", name)
         assert time.perf_counter() - start < 5
+
+
+@pytest.mark.gpu
+def test_cuda_scores_match_cpu(tiny_clip_dir, images):
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    gpu = CLIPScoreScorer(str(tiny_clip_dir))
+    cpu = CLIPScoreScorer(str(tiny_clip_dir), device="cpu")
+    assert gpu.device == "cuda"
+    gens = [Generation(prompt="p", seed=0, media=im) for im in images]
+    a, b = gpu.score(gens, "a red cube"), cpu.score(gens, "a red cube")
+    for x, y in zip(a, b):
+        assert x.details["cosine"] == pytest.approx(y.details["cosine"], abs=0.02)

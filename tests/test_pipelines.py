@@ -284,3 +284,23 @@ def test_bad_constructor_arguments(tiny_sd_dir):
     with pytest.raises(ValueError, match="no model"):
         from_name("")
 
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+def test_cuda_generation_is_deterministic_and_batch_independent(tiny_sd_dir):
+    from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
+
+    gen = DiffusersGenerator(str(tiny_sd_dir))  # automatic choice: cuda, bf16 (fp16 without bf16)
+    assert gen.device == "cuda" and gen.dtype in (torch.bfloat16, torch.float16)
+    first = gen.generate(PROMPTS, SEEDS)
+    again = gen.generate(PROMPTS, SEEDS)
+    for a, b in zip(first, again):
+        assert np.array_equal(pixels(a), pixels(b))
+    alone = gen.generate([PROMPTS[1]], [SEEDS[1]])[0]
+    other = gen.generate([PROMPTS[1]], [SEEDS[1] + 1])[0]
+    batched_vs_alone = np.abs(pixels(alone) - pixels(first[1])).mean()
+    assert batched_vs_alone < 0.2 * np.abs(pixels(other) - pixels(first[1])).mean()
+    assert first[0].meta["latency_s"] > 0
