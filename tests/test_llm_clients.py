@@ -1,6 +1,5 @@
 """LLM clients: ChatLLM layers, the embedded GGUF model, and a real local OpenAI-compatible server."""
 import json
-import os
 import subprocess
 import sys
 import threading

@@ -200,3 +200,8 @@ def test_small_model_style_output():
 def test_scores_copied_from_the_history_are_removed():
     text = "1. a couch, blue chair, photo score: 0.980, red cat\n2. a cat on a sofa (score 0.7)\n3. a dog  Score: 12/100"
     assert parse_prompts(text) == ["a couch, blue chair, photo, red cat", "a cat on a sofa", "a dog"]
+
+
+def test_answer_labels_of_small_models():
+    assert parse_prompts("A: a jaguar in the arctic, red cat") == ["a jaguar in the arctic, red cat"]
+    assert parse_prompts("Assistant: a cat on a mat\nA cat on a sofa") == ["a cat on a mat", "A cat on a sofa"]

@@ -58,6 +58,8 @@ _LABEL = re.compile(
     re.IGNORECASE,
 )
 # A bold/italic label of any words, "**Cinematic:** ..." (short, ends with a colon).
+# Chat-transcript residue of small models: "A: ...", "Answer: ...", "Assistant: ...".
+_ANSWER_LABEL = re.compile(r"^\s*(?:a|answer|assistant|output|response)\s*:\s*(?=\S)", re.IGNORECASE)
 _BOLD_LABEL = re.compile(r"^\s*(\*\*|__)([^*_\n]{1,40}?):?\s*\1\s*:?\s*(?=\S)")
 
 # 4. Lines that talk *about* the prompts rather than being one.
@@ -244,6 +246,7 @@ def clean_item(item: str) -> str:
         s = _NUMBERED.sub("", s, count=1)
         s = _BULLET.sub("", s, count=1)
         s = _LABEL.sub("", s, count=1)
+        s = _ANSWER_LABEL.sub("", s, count=1)
         m = _BOLD_LABEL.match(s)
         if m and len(s) > m.end() + 3:
             s = s[m.end():]
