@@ -207,6 +207,17 @@ def test_token_budget_count_truncate_and_warn(tiny_generator):
     assert g.prompt == long
 
 
+def test_negative_prompt_is_used(tiny_sd_dir):
+    from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
+
+    plain = DiffusersGenerator(str(tiny_sd_dir), steps=1)
+    negative = DiffusersGenerator(str(tiny_sd_dir), steps=1, negative_prompt="blurry, dark")
+    a = plain.generate(["a red cube"], [5])[0]
+    b = negative.generate(["a red cube"], [5])[0]
+    assert b.meta["negative_prompt"] == "blurry, dark" and a.meta["negative_prompt"] is None
+    assert np.abs(pixels(a) - pixels(b)).mean() > 0.5
+
+
 def test_cache_key_covers_every_argument(tiny_sd_dir, tiny_generator):
     from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
 
