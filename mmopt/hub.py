@@ -116,7 +116,8 @@ def check_hub_repo(repo_id: str, *, what: str = "model", revision: str | None = 
 
     # 4. ask the hub whether the repo exists (with a timeout, so we never hang)
     try:
-        info = hf.model_info(repo_id, revision=revision, timeout=timeout)
+        api = hf.HfApi(endpoint=hub_endpoint())  # read HF_ENDPOINT now, not at import
+        info = api.model_info(repo_id, revision=revision, timeout=timeout)
     except hf.errors.GatedRepoError as e:
         raise ModelLoadError(
             f"{what} {repo_id!r} is gated: accept its licence on the hub and log in "

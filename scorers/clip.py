@@ -346,12 +346,11 @@ class CLIPScoreScorer:
         # 3. encode and compare with the (cached) intent embedding
         text = self.encode_texts([intent])[0]
         cos = self.encode_images(frames) @ text
-        owner_t = torch.tensor(owner)
-        out = []
-        for i in range(len(generations)):
-            c = float(cos[owner_t == i].mean())
-            out.append(Score(scorer=self.name, value=self.clip_score_from_cosine(c), details={"cosine": c}))
-        return out
+        index = torch.tensor(owner)
+        n_frames = torch.zeros(len(generations)).index_add_(0, index, torch.ones(len(owner)))
+        mean_cos = torch.zeros(len(generations)).index_add_(0, index, cos) / n_frames
+        return [Score(scorer=self.name, value=self.clip_score_from_cosine(float(c)), details={"cosine": float(c)})
+                for c in mean_cos]
 
     def cache_key(self) -> dict:
         """Everything that determines a score besides (image, intent)."""
