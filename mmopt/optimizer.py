@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
 import random
+import threading
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -84,6 +87,8 @@ class Result:
     wall_time_s: float
     out_dir: str | None = None
     failures: list[dict] = field(default_factory=list)
+    final: dict | None = None  # {"best": Trial, "original": Trial} re-scored with the final generator
+
 
     @property
     def best_prompt(self) -> str:
@@ -101,6 +106,8 @@ class Result:
             "best_scores": self.best.scores, "original_scores": self.original.scores,
             "trials": len(self.trials), "images": self.images, "llm_calls": self.llm_calls,
             "stopped": self.stopped, "trajectory": self.trajectory,
+            **({"final": {k: {"prompt": t.prompt, "objective": t.objective, "scores": t.scores}
+                          for k, t in self.final.items()}} if self.final else {}),
         }
 
 
@@ -122,6 +129,13 @@ class Optimizer:
             (in memory when there is no store).
         protected: extra spans every rewrite must keep verbatim (trigger words).
         callbacks: called as ``cb(event, **info)`` for "iteration", "trial", "done".
+        final_rescore: re-render and re-score the best prompt and the original at the end
+            with the generator's full-quality sibling (``generator.full_quality()``, e.g. the
+            full VAE after a search with ``decoder="tiny"``), or with the Generator given
+            here; the result is ``Result.final``. ``False`` (default) skips it.
+        workers: threads that encode PNGs and write the cache and store beside the GPU work.
+        overlap: score chunk i while the generator renders chunk i+1 (generators with
+            ``generate_chunks``); False renders the whole iteration first.
 
     Example::
 
@@ -135,7 +149,8 @@ class Optimizer:
                  strategy: Strategy | None = None, budget: Budget | None = None, candidates: int = 5,
                  seeds: int | Sequence[int] = 4, seed: int = 0, store: Store | str | Path | None = None,
                  cache: Cache | None = None, protected: Iterable[str] = (),
-                 callbacks: Iterable[Callback] = ()):
+                 callbacks: Iterable[Callback] = (), final_rescore: Any = False, workers: int = 4,
+                 overlap: bool = True):
         from mmopt import registry
 
         # 1. resolve registry names (models load once per process: the registry memoises)
@@ -173,6 +188,19 @@ class Optimizer:
             raise ValueError(f"seeds must be distinct non-negative ints, got {seeds}")
         if not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if final_rescore is True:
+            full = getattr(generator, "full_quality", None)
+            final_rescore = full() if callable(full) else None
+            if final_rescore is None or final_rescore is generator:
+                final_rescore = None  # nothing better to re-render with: the search scores stand
+        elif final_rescore is False or final_rescore is None:
+            final_rescore = None
+        elif isinstance(final_rescore, str):
+            final_rescore = registry.create("generator", final_rescore)
+        if final_rescore is not None and not callable(getattr(final_rescore, "generate", None)):
+            raise TypeError(f"final_rescore must be True/False or a Generator, got {type(final_rescore).__name__}")
 
         self.generator = generator
         self.scorers = list(scorers)
@@ -193,6 +221,11 @@ class Optimizer:
         self.cache = cache
         self.extra_protected = tuple(protected)
         self.callbacks = list(callbacks)
+        self.final_generator = final_rescore
+        self.workers = workers
+        self.overlap = bool(overlap)
+        # seconds spent per stage in the last run (benchmarks read it)
+        self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -207,6 +240,7 @@ class Optimizer:
                           "constraints": [vars(c) for c in self.objective.constraints]},
             "budget": vars(self.budget), "candidates": self.candidates, "seeds": self.seeds,
             "seed": self.seed, "protected": list(self.extra_protected),
+            **({"final": self._gen_key(self.final_generator)} if self.final_generator is not None else {}),
         }
 
     def _emit(self, event: str, **info) -> None:
@@ -228,6 +262,7 @@ class Optimizer:
         config = self.config()
         run_id = run_id or content_key(intent, config)[:16]
         started = time.monotonic()
+        self.timings = {"propose": 0.0, "generate": 0.0, "score": 0.0, "write_wait": 0.0, "final": 0.0}
 
         # 2. open or resume the run
         status = self.store.start_run(run_id, intent, config) if self.store else "new"
@@ -256,7 +291,9 @@ class Optimizer:
                     break
 
                 # 4. proposals: stored ones on resume, else the original or the proposer's
+                t_prop = time.perf_counter()
                 prompts = self._proposals(run_id, iteration, n_new, clean_intent, protected, trials, state_info)
+                self.timings["propose"] += time.perf_counter() - t_prop
 
                 # 5. evaluate what is not finished yet; each trial is committed before the next
                 done = {(t.iteration, t.prompt) for t in trials}
@@ -289,11 +326,13 @@ class Optimizer:
             raise
 
         original = next(t for t in trials if t.index == 0)
+        final = self._final_rescore(clean_intent, self._best(trials), original) if self.final_generator else None
         result = Result(
             run_id=run_id, intent=intent, best=self._best(trials), original=original, trials=trials,
             trajectory=trajectory, stopped=stopped, images=state_info["images"],
             llm_calls=state_info["llm_calls"], wall_time_s=time.monotonic() - started,
             out_dir=str(self.store.root) if self.store else None, failures=state_info["failures"],
+            final=final,
         )
         if self.store:
             self.store.set_status(run_id, "finished", result.summary())
@@ -332,7 +371,11 @@ class Optimizer:
                 log.warning("proposer failed in iteration %d: %s", iteration, e)
                 raw = []
                 meta["failure"] = {"iteration": iteration, "error": f"{type(e).__name__}: {e}"}
-            meta["llm_calls"] = 1
+            # LLM requests this proposal cost (retries included) when the proposer reports them
+            stats = getattr(self.proposer, "last_stats", None)
+            meta["llm_calls"] = int(stats.get("llm_calls", 1)) if isinstance(stats, dict) else 1
+            if isinstance(stats, dict):
+                meta["proposer_stats"] = stats
         admitted = self._admit(raw, n, trials, protected, iteration == 0)
         if iteration > 0 and not admitted and "failure" not in meta:
             meta["failure"] = {"iteration": iteration, "error": "no usable new candidate in the proposer's reply",
@@ -388,9 +431,14 @@ class Optimizer:
                 break
         return out
 
-    def _render(self, prompts: Sequence[str]) -> tuple[list[list[Generation]], list[list[str]]]:
+    @staticmethod
+    def _gen_key(generator) -> Any:
+        return generator.cache_key() if hasattr(generator, "cache_key") else {"name": generator.name}
+
+    def _render(self, prompts: Sequence[str], generator=None) -> tuple[list[list[Generation]], list[list[str]]]:
         """Every (prompt, seed) image, from the cache or from ONE generator call."""
-        gen_key = self.generator.cache_key() if hasattr(self.generator, "cache_key") else {"name": self.generator.name}
+        generator = generator or self.generator
+        gen_key = self._gen_key(generator)
         keys = [[content_key("generation", gen_key, p, s) for s in self.seeds] for p in prompts]
         out: list[list[Generation | None]] = [[None] * len(self.seeds) for _ in prompts]
         missing: list[tuple[int, int]] = []
@@ -406,7 +454,7 @@ class Optimizer:
                     continue
                 out[i][j] = Generation(p, s, pngs_to_media(pngs, hit["video"]), hit["meta"])
         if missing:
-            gens = self.generator.generate([prompts[i] for i, _ in missing], [self.seeds[j] for _, j in missing])
+            gens = generator.generate([prompts[i] for i, _ in missing], [self.seeds[j] for _, j in missing])
             if len(gens) != len(missing):
                 raise RuntimeError(f"generator returned {len(gens)} generations for {len(missing)} requests")
             for (i, j), g in zip(missing, gens):
@@ -441,33 +489,209 @@ class Optimizer:
             result[scorer.name] = scores  # type: ignore[assignment]
         return result
 
+    def _stream(self, prompts: list[str], seeds: list[int]):
+        """Yield the generator's output chunk by chunk.
+
+        With ``overlap`` and a generator that has ``generate_chunks``, a producer
+        thread renders chunk i+1 while the caller scores chunk i; the queue holds
+        at most one finished chunk, so memory stays bounded.
+        """
+        chunks = getattr(self.generator, "generate_chunks", None)
+        if not self.overlap or not callable(chunks):
+            t0 = time.perf_counter()
+            out = list(self.generator.generate(prompts, seeds))
+            self.timings["generate"] += time.perf_counter() - t0
+            yield out
+            return
+        q: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for chunk in chunks(prompts, seeds):
+                    while not stop.is_set():
+                        try:
+                            q.put(("chunk", list(chunk)), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(("done", None))
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                q.put(("error", e))
+
+        producer = threading.Thread(target=produce, name="mmopt-generate", daemon=True)
+        producer.start()
+        try:
+            while True:
+                t0 = time.perf_counter()
+                kind, value = q.get()
+                self.timings["generate"] += time.perf_counter() - t0  # time the GPU made us wait
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()
+            producer.join()
+
     def _evaluate(self, run_id, iteration, todo: list[dict], intent: str, trials: list[Trial]):
-        """Render, score and commit the candidates of one iteration, one trial at a time."""
+        """Render, score and commit the candidates of one iteration, one trial at a time.
+
+        Pipelined: chunk i is scored while chunk i+1 renders; PNG encoding runs in a
+        thread pool; cache and store writes run in ONE writer thread, in order, so
+        trial k+1 is never committed before trial k. A trial is yielded (counts as
+        finished) only once its commit is done.
+        """
         prompts = [c["prompt"] for c in todo]
-        t0 = time.monotonic()
-        gens, keys = self._render(prompts)
-        t1 = time.monotonic()
-        flat = [g for row in gens for g in row]
-        flat_keys = [k for row in keys for k in row]
-        scores = self._score(flat, flat_keys, intent)
-        t2 = time.monotonic()
-        original = next((t for t in trials if t.index == 0), None)
-        baseline = original.scores if original else None
-        next_index = max((t.index for t in trials), default=-1) + 1
         n = len(self.seeds)
-        for i, cand in enumerate(todo):
-            per = {name: lst[i * n:(i + 1) * n] for name, lst in scores.items()}
-            ev = self.objective.evaluate(per, baseline if iteration > 0 else None)
-            trial = Trial(
-                index=next_index + i, iteration=iteration, prompt=cand["prompt"], objective=ev.objective,
-                scores=ev.means, feasible=ev.feasible, feedback=ev.feedback,
-                meta={**cand["meta"], "violations": ev.violations, "seeds": self.seeds,
-                      "render_s": (t1 - t0) / len(todo), "score_s": (t2 - t1) / len(todo)},
-                details={name: [s.details for s in lst] for name, lst in per.items()},
-            )
-            if self.store:
-                self.store.save_trial(run_id, trial, gens[i], per, keys[i])
-            yield trial
+        gen_key = self._gen_key(self.generator)
+        keys = [content_key("generation", gen_key, p, s) for p in prompts for s in self.seeds]
+        gens: list[Generation | None] = [None] * len(keys)
+        pngs: list[Any] = [None] * len(keys)  # list[bytes] per image, or a Future of it
+
+        # 1. cached images (their PNG bytes come with them)
+        missing = []
+        for idx, k in enumerate(keys):
+            hit = self.cache.get_json(k)
+            frames = None if hit is None else [self.cache.get_bytes(fk) for fk in hit["frames"]]
+            if frames is None or any(b is None for b in frames):
+                missing.append(idx)
+                continue
+            gens[idx] = Generation(prompts[idx // n], self.seeds[idx % n], pngs_to_media(frames, hit["video"]),
+                                   hit["meta"])
+            pngs[idx] = frames
+
+        # 2. cached scores
+        score_keys, scores = {}, {}
+        for scorer in self.scorers:
+            skey = scorer.cache_key() if hasattr(scorer, "cache_key") else scorer.name
+            score_keys[scorer.name] = [content_key("score", skey, intent, prompts[i // n], k) for i, k in enumerate(keys)]
+            row: list[Score | None] = []
+            for k in score_keys[scorer.name]:
+                hit = self.cache.get_json(k)
+                row.append(None if hit is None else Score(scorer.name, hit["value"], hit["details"]))
+            scores[scorer.name] = row
+
+        original = next((t for t in trials if t.index == 0), None)
+        baseline = original.scores if (original and iteration > 0) else None
+        next_index = max((t.index for t in trials), default=-1) + 1
+        t_render = t_score = 0.0
+        commits: list[tuple[Trial, Future]] = []
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="mmopt-png") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="mmopt-writer") as writer:
+
+            def score_ready(indices: list[int]) -> None:
+                nonlocal t_score
+                t0 = time.perf_counter()
+                for scorer in self.scorers:
+                    row = scores[scorer.name]
+                    need = [i for i in indices if row[i] is None and gens[i] is not None]
+                    if not need:
+                        continue
+                    fresh = scorer.score([gens[i] for i in need], intent)
+                    if len(fresh) != len(need):
+                        raise RuntimeError(f"scorer {scorer.name!r} returned {len(fresh)} scores for {len(need)} images")
+                    for i, sc in zip(need, fresh):
+                        row[i] = Score(scorer.name, float(sc.value), to_jsonable(sc.details))
+                        writer.submit(self.cache.put_json, score_keys[scorer.name][i],
+                                      {"value": row[i].value, "details": row[i].details})
+                dt = time.perf_counter() - t0
+                t_score += dt
+                self.timings["score"] += dt
+
+            def commit_ready() -> None:
+                # trials whose every image is rendered and scored, in candidate order
+                while len(commits) < len(todo):
+                    i = len(commits)
+                    span = range(i * n, (i + 1) * n)
+                    if not all(gens[j] is not None and all(scores[s.name][j] is not None for s in self.scorers)
+                               for j in span):
+                        return
+                    per = {name: row[i * n:(i + 1) * n] for name, row in scores.items()}
+                    ev = self.objective.evaluate(per, baseline)
+                    trial = Trial(
+                        index=next_index + i, iteration=iteration, prompt=todo[i]["prompt"], objective=ev.objective,
+                        scores=ev.means, feasible=ev.feasible, feedback=ev.feedback,
+                        meta={**todo[i]["meta"], "violations": ev.violations, "seeds": self.seeds,
+                              "render_s": t_render / len(todo), "score_s": t_score / len(todo)},
+                        details={name: [sc.details for sc in lst] for name, lst in per.items()},
+                    )
+                    commits.append((trial, writer.submit(self._commit, run_id, trial, [gens[j] for j in span], per,
+                                                         [keys[j] for j in span], [pngs[j] for j in span])))
+
+            # 3. images and scores that were cached: score what lacks a score, commit what is whole
+            score_ready([i for i in range(len(keys)) if gens[i] is not None])
+            commit_ready()
+            # 4. render the rest chunk by chunk; encode PNGs and write the cache beside it
+            t_start = time.perf_counter()
+            t_scored_before = t_score
+            pos = 0
+            stream = self._stream([prompts[i // n] for i in missing], [self.seeds[i % n] for i in missing])
+            for chunk in stream:
+                idxs = missing[pos:pos + len(chunk)]
+                if len(chunk) > len(missing) - pos:
+                    raise RuntimeError(f"generator returned more generations than the {len(missing)} requested")
+                pos += len(chunk)
+                for i, g in zip(idxs, chunk):
+                    gens[i] = g
+                    pngs[i] = pool.submit(media_to_pngs, g.media)
+                    writer.submit(self._put_generation, keys[i], g, pngs[i])
+                t_render = time.perf_counter() - t_start - (t_score - t_scored_before)
+                score_ready(idxs)
+                commit_ready()
+            stream.close()  # also on the error path below: stops the producer thread
+            if pos != len(missing):
+                raise RuntimeError(f"generator returned {pos} generations for {len(missing)} requests")
+            # 5. trials are finished when committed, in order
+            for trial, done in commits:
+                t0 = time.perf_counter()
+                done.result()
+                self.timings["write_wait"] += time.perf_counter() - t0
+                yield trial
+
+    def _put_generation(self, key: str, g: Generation, frames: Any) -> None:
+        """Writer thread: one generation's PNG frames and metadata into the cache."""
+        frames = frames.result() if isinstance(frames, Future) else frames
+        frame_keys = [f"{key}:f{k}" for k in range(len(frames))]
+        for fk, data in zip(frame_keys, frames):
+            self.cache.put_bytes(fk, data)
+        self.cache.put_json(key, {"frames": frame_keys, "video": isinstance(g.media, (list, tuple)),
+                                  "meta": to_jsonable(g.meta)})
+
+    def _commit(self, run_id, trial: Trial, gens, per, keys, frames) -> None:
+        """Writer thread: commit one trial (media + rows in one transaction)."""
+        if self.store:
+            frames = [f.result() if isinstance(f, Future) else f for f in frames]
+            self.store.save_trial(run_id, trial, gens, per, keys, pngs=frames)
+
+    def _final_rescore(self, intent: str, best: Trial, original: Trial) -> dict:
+        """The best prompt and the original, re-rendered with the final generator and re-scored."""
+        t0 = time.perf_counter()
+        prompts = list(dict.fromkeys([best.prompt, original.prompt]))
+        gens, keys = self._render(prompts, self.final_generator)
+        flat = [g for row in gens for g in row]
+        scores = self._score(flat, [k for row in keys for k in row], intent)
+        n = len(self.seeds)
+        out = {}
+        base = None
+        for i, p in enumerate(prompts[::-1]):  # the original first: it is the baseline of constraints
+            j = prompts.index(p)
+            per = {name: lst[j * n:(j + 1) * n] for name, lst in scores.items()}
+            ev = self.objective.evaluate(per, base)
+            if p == original.prompt:
+                base = ev.means
+            out_t = Trial(best.index if p == best.prompt else original.index, -1, p, ev.objective, ev.means,
+                          ev.feasible, ev.feedback, meta={"final": True, "violations": ev.violations})
+            if p == original.prompt:
+                out["original"] = out_t
+            if p == best.prompt:
+                out["best"] = out_t
+        self.timings["final"] += time.perf_counter() - t0
+        return out
 
     # ------------------------------------------------------------ utilities
     def evaluate_prompts(self, intent: str, prompts: Sequence[str], seeds: Sequence[int]) -> list[Trial]:
