@@ -42,7 +42,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     host = url.hostname or "huggingface.co"
     port = url.port or (443 if url.scheme == "https" else 80)
     now = time.monotonic()
-    hit = _REACHABLE.get(host)
+    hit = _REACHABLE.get(f"{host}:{port}")
     if hit is not None and now - hit[0] < _REACHABLE_TTL_S:
         return hit[1]
     try:
@@ -50,7 +50,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             ok = True
     except OSError:
         ok = False
-    _REACHABLE[host] = (now, ok)
+    _REACHABLE[f"{host}:{port}"] = (now, ok)
     return ok
 
 
