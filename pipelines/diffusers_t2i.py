@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from mmopt.device import dtype_name, pick_device, pick_dtype
+from mmopt.pipelines import fast
 from mmopt.errors import ModelLoadError
 from mmopt.hub import check_hub_repo, local_dir_fingerprint
 from mmopt.types import Generation
@@ -45,6 +46,7 @@ PRESET_FILE = "mmopt_preset.json"  # optional preset inside a local pipeline dir
 _PRESET_FIELDS = ("steps", "guidance", "height", "width", "negative_prompt", "prompt_style",
                   "max_prompt_tokens", "tokenizer", "call_kwargs")
 _UNSET = object()
+AUTO_BATCH = 64  # max_batch="auto" on cuda starts here and halves on out-of-memory
 
 try:  # newer diffusers renamed from_pretrained's torch_dtype to dtype
     from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
@@ -101,7 +103,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def _load_pipeline(source: str, *, pipeline_class: str, revision: str | None, variant: str | None,
-                   dtype, device: str, local_files_only: bool, cache_id: tuple):
+                   dtype, device: str, local_files_only: bool, cache_id: tuple, offload: str = "auto"):
     """Load (or reuse) a pipeline; ``source`` is a hub id or a local directory."""
     with _PIPELINES_LOCK:
         if cache_id in _PIPELINES:
@@ -132,7 +134,7 @@ def _load_pipeline(source: str, *, pipeline_class: str, revision: str | None, va
             raise ModelLoadError(f"cannot load diffusers pipeline {source!r} as {pipeline_class}: {e}") from e
     except Exception as e:
         raise ModelLoadError(f"cannot load diffusers pipeline {source!r}: {type(e).__name__}: {e}") from e
-    pipe = pipe.to(device)
+    fast.plan_memory(pipe, device, offload)  # resident if it fits, CPU offload (with a warning) if not
     pipe.set_progress_bar_config(disable=True)
     with _PIPELINES_LOCK:
         return _PIPELINES.setdefault(cache_id, pipe)
@@ -161,7 +163,12 @@ class DiffusersGenerator:
         model: hub id (``"stabilityai/sd-turbo"``) or path of a local pipeline directory.
         revision: hub branch, tag or commit (default: the main branch).
         device, dtype: override the automatic choice (``"cuda"``, ``"fp16"``, ...).
-        max_batch: at most this many images per pipeline call (halved on CUDA OOM).
+        max_batch: at most this many images per pipeline call (halved on CUDA OOM), or
+            ``"auto"``: start at ``AUTO_BATCH`` on cuda (4 elsewhere) and keep the largest
+            size that ran, halving on OOM.
+        channels_last, fuse_qkv, compile, static_batch, decoder, tiny_decoder, attention,
+        offload: GPU fast paths (see :mod:`mmopt.pipelines.fast`); ``None`` = preset, then
+            the device default.
         steps, guidance, height, width, negative_prompt, prompt_style,
         max_prompt_tokens, call_kwargs: override the preset (``negative_prompt=None``
             removes the preset's negative prompt).
@@ -182,12 +189,15 @@ class DiffusersGenerator:
                  guidance: float | None = None, height: int | None = None, width: int | None = None,
                  negative_prompt: Any = _UNSET, prompt_style: str | None = None,
                  max_prompt_tokens: int | None = None, call_kwargs: dict | None = None,
-                 variant: str | None = None, timeout: float = 10.0):
+                 variant: str | None = None, timeout: float = 10.0, channels_last: bool | None = None,
+                 fuse_qkv: bool | None = None, compile: str | bool | None = None,
+                 static_batch: bool | None = None, decoder: str | None = None,
+                 tiny_decoder: str | None = None, attention: str | None = None, offload: str | None = None):
         # 1. check arguments
         if not isinstance(model, (str, Path)) or not str(model).strip():
             raise ValueError(f"model must be a hub id or a local directory, got {model!r}")
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        if max_batch != "auto" and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"max_batch must be a positive int or 'auto', got {max_batch!r}")
         for key, val in (("steps", steps), ("height", height), ("width", width),
                          ("max_prompt_tokens", max_prompt_tokens)):
             if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
@@ -206,6 +216,9 @@ class DiffusersGenerator:
         self.max_batch = max_batch
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
+        if max_batch == "auto":
+            max_batch = AUTO_BATCH if self.device.startswith("cuda") else 4
+        self.max_batch = max_batch
 
         # 2. find the pipeline: a local folder, or a hub repo we can reach
         local = Path(model).expanduser()
@@ -252,11 +265,20 @@ class DiffusersGenerator:
         self.prompt_style = self.preset["prompt_style"]
         self.max_prompt_tokens = int(self.preset["max_prompt_tokens"])
 
-        # 4. load once per process
-        cache_id = (self.model_id, self.revision, variant, dtype_name(self.dtype), self.device)
+        # 4. load once per process (one object per set of switches that change the pipeline)
+        self.fast = fast.resolve_fast_options(
+            self.preset, {"channels_last": channels_last, "fuse_qkv": fuse_qkv, "compile": compile,
+                          "static_batch": static_batch, "decoder": decoder, "tiny_decoder": tiny_decoder,
+                          "attention": attention, "offload": offload},
+            self.device, self.pipeline_class)
+        cache_id = (self.model_id, self.revision, variant, dtype_name(self.dtype), self.device,
+                    fast.pipeline_id_options(self.fast))
         self.pipe = _load_pipeline(source, pipeline_class=self.pipeline_class, revision=revision,
                                    variant=variant, dtype=self.dtype, device=self.device,
-                                   local_files_only=local_files_only, cache_id=cache_id)
+                                   local_files_only=local_files_only, cache_id=cache_id,
+                                   offload=self.fast["offload"])
+        fast.apply_fast_paths(self.pipe, self.fast)
+        self._timeout = timeout
         self.variant = variant
         self._call_params = inspect.signature(self.pipe.__call__).parameters
         self._tokenizer = getattr(self.pipe, self.preset.get("tokenizer") or "tokenizer", None) \
@@ -373,10 +395,21 @@ class DiffusersGenerator:
         >>> gens[0].meta["model"], gens[0].media.size                        # doctest: +SKIP
         ('stabilityai/sd-turbo', (512, 512))
         """
+        return [g for chunk in self.generate_chunks(prompts, seeds) for g in chunk]
+
+    def generate_chunks(self, prompts: Sequence[str], seeds: Sequence[int]):
+        """Like :meth:`generate`, but yields the Generations chunk by chunk as they are rendered.
+
+        The loop scores chunk i while this renders chunk i+1 (see ``Optimizer``).
+        Concatenated, the chunks are exactly ``generate(prompts, seeds)``.
+
+        >>> [len(c) for c in gen.generate_chunks(["a cat"] * 5, list(range(5)))]  # doctest: +SKIP
+        [4, 1]
+        """
         # 1. check inputs
         prompts, seeds = self._check_inputs(prompts, seeds)
         if not prompts:
-            return []
+            return
 
         # 2. measure prompts against the encoder's window
         n_tokens = [self.count_tokens(p) for p in prompts]
@@ -389,15 +422,28 @@ class DiffusersGenerator:
                 )
 
         # 3. render in chunks; on CUDA OOM halve the chunk and retry
-        out: list[Generation] = []
+        tiny = self.fast["decoder"] == "tiny"
+        decoder = self._tiny_decoder() if tiny else None
         i = 0
         while i < len(prompts):
             size = min(self._batch, len(prompts) - i)
             chunk_p, chunk_s = prompts[i:i + size], seeds[i:i + size]
+            # static shapes: pad the last chunk with copies of its last pair (dropped below),
+            # so a compiled model / CUDA graph sees one batch size; per-image generators keep
+            # every real image identical to an unpadded render
+            pad = self._batch - size if self.fast["static_batch"] else 0
+            call_p, call_s = chunk_p + chunk_p[-1:] * pad, chunk_s + chunk_s[-1:] * pad
             start = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    images = self.pipe(**self._call_args(chunk_p, chunk_s)).images
+                    args = self._call_args(call_p, call_s)
+                    if tiny:
+                        args["output_type"] = "latent"
+                        latents = self.pipe(**args).images
+                        images = fast.decode_latents(self.pipe, decoder, latents)
+                    else:
+                        images = self.pipe(**args).images
+                images = images[:size]
             except Exception as e:
                 if not _is_oom(e) or size == 1:
                     raise
@@ -410,9 +456,10 @@ class DiffusersGenerator:
             latency = (time.perf_counter() - start) / size
 
             # 4. wrap each image with how it was made
+            chunk = []
             for j, image in enumerate(images):
                 k = i + j
-                out.append(Generation(prompt=prompts[k], seed=seeds[k], media=image, meta={
+                meta = {
                     "model": self.model_id,
                     "revision": self.revision,
                     "pipeline": self.pipeline_class,
@@ -425,9 +472,42 @@ class DiffusersGenerator:
                     "batch_size": size,
                     "prompt_tokens": n_tokens[k],
                     "truncated_tokens": max(0, n_tokens[k] - self.max_prompt_tokens),
-                }))
+                }
+                if tiny:
+                    meta["decoder"] = "tiny"
+                chunk.append(Generation(prompt=prompts[k], seed=seeds[k], media=image, meta=meta))
             i += size
-        return out
+            yield chunk
+
+    # ------------------------------------------------------------------ fast paths
+
+    def _tiny_decoder(self):
+        return fast.load_tiny_decoder(self.fast["tiny_decoder"], self.dtype, self.device,
+                                      timeout=self._timeout, channels_last=self.fast["channels_last"])
+
+    def with_decoder(self, decoder: str) -> "DiffusersGenerator":
+        """A sibling generator that shares this one's loaded pipeline but decodes with
+        ``decoder`` ("full" or "tiny"); its ``cache_key`` differs accordingly.
+
+        The loop renders a search with ``decoder="tiny"`` and re-scores the best
+        prompt with ``gen.with_decoder("full")`` (``Optimizer(final_rescore=True)``).
+
+        >>> gen.with_decoder("full").fast["decoder"]                          # doctest: +SKIP
+        'full'
+        """
+        import copy
+
+        if decoder not in fast.DECODERS:
+            raise ValueError(f"decoder must be one of {fast.DECODERS}, got {decoder!r}")
+        twin = copy.copy(self)
+        twin.fast = dict(self.fast, decoder=decoder)
+        if decoder == "tiny" and not twin.fast.get("tiny_decoder"):
+            raise ValueError(f"no tiny decoder is known for {self.pipeline_class}; pass tiny_decoder=")
+        return twin
+
+    def full_quality(self) -> "DiffusersGenerator":
+        """The generator for the final re-score: this one with the full decoder."""
+        return self if self.fast["decoder"] == "full" else self.with_decoder("full")
 
     # ------------------------------------------------------------------ cache
 
@@ -456,6 +536,10 @@ class DiffusersGenerator:
             "negative_prompt": p.get("negative_prompt"),
             "call_kwargs": p["call_kwargs"],
             "diffusers": diffusers.__version__,
+            # only a tiny decoder changes the images; the other fast paths are the same
+            # function (other rounding), like the batch size
+            **({"decoder": "tiny", "tiny_decoder": str(self.fast["tiny_decoder"])}
+               if self.fast["decoder"] == "tiny" else {}),
         }
 
     def __repr__(self) -> str:
