@@ -90,7 +90,10 @@ class LlamaCppBackend:
         self.model = str(path)
         self._lock = threading.Lock()
         try:
-            self._llm = Llama(model_path=self.model, n_ctx=n_ctx, n_threads=n_threads or max(1, (os.cpu_count() or 2) // 2),
+            threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+            # The prompt pass uses as many threads as decoding: llama.cpp's default
+            # (every core) made prompts several times slower on a busy 2-core box.
+            self._llm = Llama(model_path=self.model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                               verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.model!r}: {e}") from e
