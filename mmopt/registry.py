@@ -50,6 +50,12 @@ _FACTORIES["llm"].update({
     "hf": "mmopt.llm.hf:from_name",
     "openai": "mmopt.llm.openai_http:from_name",
 })
+_FACTORIES["generator"].update({
+    "offline": "mmopt.pipelines.offline:t2i_from_name",
+})
+_FACTORIES["scorer"].update({
+    "offline": "mmopt.scorers.offline:from_name",
+})
 _FACTORIES["strategy"].update({
     "topk": "mmopt.strategies:topk",
     "beam": "mmopt.strategies:beam",
