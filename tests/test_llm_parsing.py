@@ -205,3 +205,19 @@ def test_scores_copied_from_the_history_are_removed():
 def test_answer_labels_of_small_models():
     assert parse_prompts("A: a jaguar in the arctic, red cat") == ["a jaguar in the arctic, red cat"]
     assert parse_prompts("Assistant: a cat on a mat\nA cat on a sofa") == ["a cat on a mat", "A cat on a sofa"]
+
+
+def test_small_model_residue():
+    text = ("1. A red cat sitting on a blue chair | 10\n2. A **red cat** by a **blue chair**\n"
+            "*A Red Cat, Blue Chair\n4. Sentence: 'A red cat lies on a blue chair.'")
+    assert parse_prompts(text) == ["A red cat sitting on a blue chair", "A red cat by a blue chair",
+                                   "A Red Cat, Blue Chair", "A red cat lies on a blue chair."]
+    assert parse_prompts("*a moody harbour*") == ["a moody harbour"]
+    assert parse_prompts("a (red:1.2) cat, <lora:x:1>, [blue] chair | score 0.5") == [
+        "a (red:1.2) cat, <lora:x:1>, [blue] chair"]
+
+
+def test_unbalanced_quotes():
+    assert parse_prompts('"A red cat sitting on a blue chair') == ["A red cat sitting on a blue chair"]
+    assert parse_prompts('a red cat on a blue chair"') == ["a red cat on a blue chair"]
+    assert parse_prompts("a cat's toy on a chair") == ["a cat's toy on a chair"]

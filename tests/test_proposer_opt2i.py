@@ -57,8 +57,8 @@ def test_meta_prompt_has_every_part():
     assert "Write 3 new prompts" in text and "numbered list" in text                # N distinct revisions
     assert '"red cat"' in text                                                      # protected spans
     # top-2 history, ascending: 0.61 then 0.70; the 0.20 trial is beyond history_k
-    assert text.index("a red cat on a blue chair\n   score: 0.610") < text.index("red cat, blue chair\n   score: 0.700")
-    assert "a cat\n" not in text and "0.200" not in text
+    assert text.index("a red cat on a blue chair | 0.610") < text.index("red cat, blue chair | 0.700")
+    assert "a cat |" not in text and "0.200" not in text
     assert "Is the chair blue? no" in text                                          # scorer feedback
     assert llm.requests[0]["messages"][0]["role"] == "system"
 
@@ -67,7 +67,7 @@ def test_tags_style_and_no_history():
     llm = ScriptedLLM(["1. red cat, blue chair, studio photo"])
     OPT2IProposer(llm).propose(make_state(), 2)
     text = user_text(llm)
-    assert "comma-separated keywords" in text and "not measured yet" in text and "$" not in text
+    assert "comma-separated keywords" in text and "not scored yet" in text and "$" not in text
 
 
 def test_filters_seen_duplicates_and_limits_to_n():
@@ -140,7 +140,8 @@ def test_templates(tmp_path):
     custom = "Intent: $intent\nHistory:\n$history\nGive $n prompts."
     llm = ScriptedLLM(["1. a red cat on a blue stool"])
     OPT2IProposer(llm, template=custom).propose(make_state(), 2)
-    assert user_text(llm).startswith("Intent: a red cat sitting on a blue chair\nHistory:\n1. ")
+    assert user_text(llm) == ("Intent: a red cat sitting on a blue chair\nHistory:\n"
+                              "a red cat sitting on a blue chair | not scored yet\nGive 2 prompts.")
     path = tmp_path / "t.txt"
     path.write_text(custom)
     assert load_template(str(path)) == custom
@@ -163,15 +164,16 @@ def test_registry_and_from_name():
 # ------------------------------------------------------------ the real embedded model
 
 def test_real_smollm2_proposes_new_candidates_keeping_keep_span():
-    proposer = registry.create("proposer", "opt2i", reuse=False)  # default LLM: embedded SmolLM2
+    # default LLM: the embedded SmolLM2 (135M: many replies are unusable, hence the retries)
+    proposer = registry.create("proposer", "opt2i", max_retries=6, reuse=False)
     intent = "a <keep>red cat</keep> sitting on a blue chair"
     state = make_state([trial(0, "a red cat sitting on a blue chair", 0.6)], intent=intent, seed=1,
                        protected=("red cat",))
-    out = proposer.propose(state, 2)
-    assert 1 <= len(out) <= 2
+    out = proposer.propose(state, 3)
+    assert 1 <= len(out) <= 3
     assert len({c.lower() for c in out}) == len(out)
     assert all("red cat" in c and c != "a red cat sitting on a blue chair" for c in out)
     # same run seed, same proposals
     again = proposer.propose(make_state([trial(0, "a red cat sitting on a blue chair", 0.6)], intent=intent,
-                                        seed=1, protected=("red cat",)), 2)
+                                        seed=1, protected=("red cat",)), 3)
     assert again == out

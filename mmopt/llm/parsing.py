@@ -45,7 +45,7 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.DO
 
 # 3. List markers: "1." "1)" "(1)" "1:" "#1" "1 -" and bullets "-", "*", "•", "·", "+".
 _NUMBERED = re.compile(r"^\s*(?:\(\d{1,3}\)|#\d{1,3}[.):\]]?|\d{1,3}[.):\]]|\d{1,3}\s+-)\s*(?=\S)")
-_BULLET = re.compile(r"^\s*[-*•·‣▪+–—]\s+(?=\S)")
+_BULLET = re.compile(r"^\s*(?:[-*•·‣▪+–—]\s+(?=\S)|\*(?=[^\s*][^*]*$))")  # "*A cat": a bullet missing its space
 # "Prompt 1:", "Revised prompt 2 -", "**Option 3:**", "Revision #4."
 _LABEL_WORDS = (
     r"(?:revised|improved|new|rewritten|refined|final|alternative|enhanced|updated|optimi[sz]ed)?\s*"
@@ -59,7 +59,8 @@ _LABEL = re.compile(
 )
 # A bold/italic label of any words, "**Cinematic:** ..." (short, ends with a colon).
 # Chat-transcript residue of small models: "A: ...", "Answer: ...", "Assistant: ...".
-_ANSWER_LABEL = re.compile(r"^\s*(?:a|answer|assistant|output|response)\s*:\s*(?=\S)", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(r"^\s*(?:a|answer|assistant|output|response|sentence|description)\s*:\s*(?=\S)",
+                           re.IGNORECASE)
 _BOLD_LABEL = re.compile(r"^\s*(\*\*|__)([^*_\n]{1,40}?):?\s*\1\s*:?\s*(?=\S)")
 
 # 4. Lines that talk *about* the prompts rather than being one.
@@ -85,7 +86,12 @@ _TRAILING_EXPL = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 # Scores copied from the history of the meta-prompt: "score: 0.61", "(score 0.7)".
-_SCORE_RESIDUE = re.compile(r"[\s,;-]*[(\[]?\bscore\s*[:=]?\s*-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?[)\]]?", re.IGNORECASE)
+_SCORE_RESIDUE = re.compile(
+    r"[\s,;-]*[(\[]?\bscore\s*[:=]?\s*-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?[)\]]?"
+    r"|\s*\|\s*(?:score\s*)?-?\d+(?:\.\d+)?\s*$",            # "prompt | 0.61"
+    re.IGNORECASE)
+# Bold/italic markup inside a prompt: "a **red** cat" -> "a red cat" (not A1111 syntax).
+_INLINE_EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`", "«": "»", "„": "“"}
 
 
@@ -218,6 +224,10 @@ def _strip_quotes(item: str) -> str:
             return item[1:end].strip()
         if end == len(item) - 1:
             return item[1:end].strip()
+        if end == -1 and item[0] != "'":  # an opening quote never closed
+            return item[1:].strip()
+    if len(item) >= 2 and item[-1] in '"”»' and not any(q in item[:-1] for q in '"“«'):
+        return item[:-1].strip()  # a closing quote never opened
     return item
 
 
@@ -258,6 +268,9 @@ def clean_item(item: str) -> str:
     s = _TRAILING_EXPL.sub("", s).strip()
     s = _strip_emphasis(_strip_quotes(s))
     s = _SCORE_RESIDUE.sub("", s)
+    s = _INLINE_EMPHASIS.sub(r"\2", s)
+    if s.startswith("*") and s.count("*") == 1:
+        s = s[1:]  # a bullet written without its space: "*A red cat"
     s = re.sub(r"\s+", " ", s).strip()
     # Commas/semicolons/colons at the end are list residue; a final period is kept.
     s = s.rstrip(",;:").strip()

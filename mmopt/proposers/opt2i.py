@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import re
 import string
 from typing import Any
 
@@ -41,6 +42,17 @@ _STYLE_TEXT = {
     "tags": "comma-separated keywords and short phrases",
     "sentences": "one or two plain descriptive sentences in natural language",
 }
+
+
+_STOPWORDS = frozenset(
+    "a an the and or of in on at to with by for from into onto over under near next its it is are be "
+    "this that these those some very".split())
+
+
+def _content_words(text: str) -> set[str]:
+    """Lower-cased words of 3+ letters, minus stopwords, with a plural 's' dropped."""
+    words = re.findall(r"[a-z]{3,}", text.lower())
+    return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words if w not in _STOPWORDS}
 
 
 def load_template(template: str | os.PathLike | None = None) -> str:
@@ -79,7 +91,9 @@ class OPT2IProposer:
     prompts shown; ``template`` is template text, a path, or None for the
     shipped one; ``temperature``/``max_tokens`` go to the LLM (``max_tokens``
     None: 60 per requested prompt + 40); ``max_retries`` extra attempts follow
-    an attempt with no usable rewrite; ``max_feedback`` trials' feedback is shown.
+    an attempt with no usable rewrite; ``max_feedback`` trials' feedback is shown;
+    ``min_overlap`` content words of the intent a rewrite must share (0: no check;
+    it drops replies about something else, frequent with very small LLMs).
 
     After each ``propose`` call, ``last_stats`` says what happened (attempts,
     LLM calls, candidates parsed/repaired/rejected, errors).
@@ -87,7 +101,7 @@ class OPT2IProposer:
 
     def __init__(self, llm: Any, *, history_k: int = 10, template: str | os.PathLike | None = None,
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
-                 max_feedback: int = 3):
+                 max_feedback: int = 3, min_overlap: int = 1):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
@@ -101,6 +115,8 @@ class OPT2IProposer:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if not isinstance(max_feedback, int) or max_feedback < 0:
             raise ValueError(f"max_feedback must be an int >= 0, got {max_feedback!r}")
+        if not isinstance(min_overlap, int) or min_overlap < 0:
+            raise ValueError(f"min_overlap must be an int >= 0, got {min_overlap!r}")
         self.llm = llm
         self.history_k = history_k
         self.template = load_template(template)
@@ -108,6 +124,9 @@ class OPT2IProposer:
         self.max_tokens = max_tokens
         self.max_retries = max_retries
         self.max_feedback = max_feedback
+        self.min_overlap = min_overlap
+        # The template's own words, to spot a reply that echoes the instructions.
+        self._static = " ".join(string.Template.pattern.sub(" ", self.template).lower().split())
         self.name = f"opt2i({getattr(llm, 'name', type(llm).__name__)})"
         self.last_stats: dict = {}
 
@@ -123,9 +142,9 @@ class OPT2IProposer:
         history = self._history(state)
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
         if history:
-            lines = [f"{i}. {t.prompt}\n   score: {t.objective:.3f}" for i, t in enumerate(history, 1)]
+            lines = [f"{t.prompt} | {t.objective:.3f}" for t in history]
         else:
-            lines = [f"1. {intent}\n   score: not measured yet"]
+            lines = [f"{intent} | not scored yet"]
         feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
         feedback_block = ""
         if feedback:
@@ -141,6 +160,16 @@ class OPT2IProposer:
             protected_block=protected_block, history="\n".join(lines), feedback_block=feedback_block,
         )
         return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": text}]
+
+    def _off_topic(self, cand: str, intent_words: set[str]) -> bool:
+        """An echo of the instructions, or a text sharing fewer than ``min_overlap`` content words with the intent."""
+        low = " ".join(cand.lower().split())
+        if len(low.split()) >= 3 and low.rstrip(".") in self._static:
+            return True
+        if not self.min_overlap or not intent_words:
+            return False
+        need = min(self.min_overlap, len(intent_words))
+        return len(intent_words & _content_words(cand)) < need
 
     # ------------------------------------------------------------ proposing
     def propose(self, state: SearchState, n: int) -> list[str]:
@@ -158,7 +187,8 @@ class OPT2IProposer:
         seen = {normalize_for_dedup(protect.strip_keep_tags(p)) for p in state.seen_prompts()}
         seen.add(normalize_for_dedup(protect.strip_keep_tags(state.intent)))
         stats = {"attempts": 0, "llm_calls": 0, "parsed": 0, "repaired": 0, "rejected_seen": 0,
-                 "rejected_protected": 0, "rejected_length": 0, "errors": []}
+                 "rejected_protected": 0, "rejected_length": 0, "rejected_off_topic": 0, "errors": []}
+        intent_words = _content_words(protect.strip_keep_tags(state.intent))
         self.last_stats = stats
         # A rambling paragraph is no prompt: allow up to twice the encoder budget in words.
         max_words = max(20, 2 * int(state.max_prompt_tokens))
@@ -182,6 +212,9 @@ class OPT2IProposer:
             for cand in parse_prompts(reply, max_items=4 * want):
                 stats["parsed"] += 1
                 cand = " ".join(protect.strip_keep_tags(cand).split())
+                if self._off_topic(cand, intent_words):
+                    stats["rejected_off_topic"] += 1
+                    continue
                 if protected and protect.check(cand, protected):
                     fixed = protect.repair(cand, protected)
                     if fixed is None:
