@@ -177,3 +177,14 @@ def test_real_smollm2_proposes_new_candidates_keeping_keep_span():
     again = proposer.propose(make_state([trial(0, "a red cat sitting on a blue chair", 0.6)], intent=intent,
                                         seed=1, protected=("red cat",)), 3)
     assert again == out
+
+
+def test_off_topic_and_echoed_instructions_rejected():
+    reply = ("1. Prompts tried so far and their scores\n2. a dolphin named Emily in California\n"
+             "3. a ginger cats lounging on a navy chair")
+    p = OPT2IProposer(ScriptedLLM([reply]))
+    assert p.propose(make_state(), 3) == ["a ginger cats lounging on a navy chair"]  # 'cat' shared
+    assert p.last_stats["rejected_off_topic"] == 2
+    lenient = OPT2IProposer(ScriptedLLM([reply]), min_overlap=0)
+    assert lenient.propose(make_state(), 3) == ["a dolphin named Emily in California",
+                                                "a ginger cats lounging on a navy chair"]
