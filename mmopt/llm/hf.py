@@ -12,30 +12,14 @@ the local cache, unknown id) fails fast with ``ModelLoadError``.
 from __future__ import annotations
 
 import os
-import socket
 import threading
-from urllib.parse import urlparse
 
 from mmopt.cache import Cache
 from mmopt.errors import ModelLoadError
 from mmopt.llm.base import ChatLLM
+from mmopt.llm.gguf import _file_fingerprint
 
 __all__ = ["TransformersBackend", "from_name", "load_hf"]
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub's host accepts a TCP connection within ``timeout`` seconds."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _looks_local(model: str) -> bool:
@@ -59,7 +43,6 @@ class TransformersBackend:
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"a model hub id or directory is required, e.g. 'hf:HuggingFaceTB/SmolLM2-360M-Instruct'; got {model!r}")
         model = os.path.expanduser(model.strip())
-        self.model = model + (f"/{gguf_file}" if gguf_file else "") + (f"@{revision}" if revision else "")
         self._lock = threading.Lock()
 
         # 2. fail fast when the weights cannot be had
@@ -74,34 +57,34 @@ class TransformersBackend:
             if local and not os.path.isfile(os.path.join(model, gguf_file)):
                 raise ModelLoadError(f"GGUF file {gguf_file!r} not found in {model!r}")
 
+        # A hub id is checked first (cache, HF_HUB_OFFLINE, reachability, existence)
+        # by the project's one hub gate, so an unreachable hub fails in seconds.
+        local_only = local
+        if not local:
+            from mmopt.hub import check_hub_repo
+
+            check = check_hub_repo(model, what="chat model", revision=revision,
+                                   probe_file=gguf_file or ("config.json", "tokenizer_config.json"))
+            local_only = check.local_files_only
+            if check.revision:
+                load_kw["revision"] = check.revision
+
+        # The cache identity names the weights: a hub commit, or a local content fingerprint.
+        if local:
+            from mmopt.hub import local_dir_fingerprint
+
+            ident = local_dir_fingerprint(model) if not gguf_file else _file_fingerprint(os.path.join(model, gguf_file))
+        else:
+            ident = load_kw.get("revision") or "main"
+        self.model = model + (f"/{gguf_file}" if gguf_file else "") + f"@{ident}"
+
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        def load(local_only: bool):
-            tok = AutoTokenizer.from_pretrained(model, local_files_only=local_only, **load_kw)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_only, **load_kw)
             lm = AutoModelForCausalLM.from_pretrained(model, local_files_only=local_only,
                                                       dtype=self._dtype(torch, device, dtype), **load_kw)
-            return tok, lm
-
-        try:
-            try:
-                tokenizer, lm = load(local_only=True)  # local dir or already in the hub cache
-            except OSError as first:
-                if local:
-                    raise
-                if _offline_env():
-                    raise ModelLoadError(
-                        f"{model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                        "download it on a connected machine or pass a local directory"
-                    ) from first
-                if not _hub_reachable():
-                    raise ModelLoadError(
-                        f"cannot reach the Hugging Face hub to download {model!r} (no network?); "
-                        "pass a local directory, or set HF_ENDPOINT to a reachable mirror"
-                    ) from first
-                tokenizer, lm = load(local_only=False)
-        except ModelLoadError:
-            raise
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"transformers could not load the chat model {model!r}: {e}") from e
 
