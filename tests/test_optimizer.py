@@ -94,7 +94,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_generator, tiny_clip, s
         _opt(counting, tiny_clip, OPT2IProposer(smollm2), tmp_path, callbacks=[ctrl_c_after_two_trials]).run(INTENT)
     store = Store(tmp_path)
     [run] = store.list_runs()
-    assert run["status"] == "interrupted" and run["trials"] == 2  # nothing finished was lost
+    # nothing finished was lost (trials scored in the same batch may already be committed too)
+    assert run["status"] == "interrupted" and 2 <= run["trials"] < len(reference_run.trials)
 
     resumed = _opt(counting, tiny_clip, OPT2IProposer(smollm2), tmp_path).run(INTENT)
     assert _summary(resumed) == _summary(reference_run)
