@@ -111,7 +111,8 @@ def test_generator_single_object_fidelity(generator):
     """Quality bar: the detector agrees with colour and shape on single-object prompts."""
     from mmopt.shapesworld.detect import detect
 
-    classes = CLASSES[::2]  # every colour, every shape
+    # 12 of the 24 classes: every colour twice, every shape three times
+    classes = [(c, G.SHAPES[(i + k) % len(G.SHAPES)]) for i, c in enumerate(G.COLOURS) for k in (0, 2)]
     prompts = [f"a {c} {s}" for c, s in classes]
     gens = generator.generate(prompts, list(range(100, 100 + len(prompts))))
     ok = 0
@@ -123,7 +124,7 @@ def test_generator_single_object_fidelity(generator):
 
 
 def test_multi_object_prompts_leave_room_to_optimize(generator, dsg):
-    prompts = G.benchmark_prompts(6, seed=0)[1:6:2] + G.benchmark_prompts(6, seed=0)[2:3]
+    prompts = G.benchmark_prompts(4, seed=0)
     values = []
     for p in prompts:
         gens = generator.generate([p, p], [0, 1])
