@@ -134,8 +134,11 @@ class Optimizer:
             full VAE after a search with ``decoder="tiny"``), or with the Generator given
             here; the result is ``Result.final``. ``False`` (default) skips it.
         workers: threads that encode PNGs and write the cache and store beside the GPU work.
-        overlap: score chunk i while the generator renders chunk i+1 (generators with
-            ``generate_chunks``); False renders the whole iteration first.
+        overlap: render chunk i+1 in a producer thread while chunk i is scored (generators
+            with ``generate_chunks``). Off by default: measured on an H100 (SD-Turbo, 512 px),
+            the two threads contend for the GIL and the loop ran 20-45% slower than serial
+            (benchmarks/loop_throughput.py); PNG encoding and store writes still run beside
+            the GPU work either way.
 
     Example::
 
@@ -150,7 +153,7 @@ class Optimizer:
                  seeds: int | Sequence[int] = 4, seed: int = 0, store: Store | str | Path | None = None,
                  cache: Cache | None = None, protected: Iterable[str] = (),
                  callbacks: Iterable[Callback] = (), final_rescore: Any = False, workers: int = 4,
-                 overlap: bool = True):
+                 overlap: bool = False):
         from mmopt import registry
 
         # 1. resolve registry names (models load once per process: the registry memoises)
@@ -317,13 +320,16 @@ class Optimizer:
                         break
         except KeyboardInterrupt:
             # Everything finished is committed; mark the run so `mmopt runs` shows it.
+            self._close_executors()
             if self.store:
                 self.store.set_status(run_id, "interrupted")
             raise
         except BaseException:
+            self._close_executors()
             if self.store:
                 self.store.set_status(run_id, "failed")
             raise
+        self._close_executors()
 
         original = next(t for t in trials if t.index == 0)
         final = self._final_rescore(clean_intent, self._best(trials), original) if self.final_generator else None
@@ -581,56 +587,56 @@ class Optimizer:
         t_render = t_score = 0.0
         commits: list[tuple[Trial, Future]] = []
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="mmopt-png") as pool, \
-                ThreadPoolExecutor(1, thread_name_prefix="mmopt-writer") as writer:
+        pool, writer = self._executors()
 
-            def score_ready(indices: list[int]) -> None:
-                nonlocal t_score
-                t0 = time.perf_counter()
-                for scorer in self.scorers:
-                    row = scores[scorer.name]
-                    need = [i for i in indices if row[i] is None and gens[i] is not None]
-                    if not need:
-                        continue
-                    fresh = scorer.score([gens[i] for i in need], intent)
-                    if len(fresh) != len(need):
-                        raise RuntimeError(f"scorer {scorer.name!r} returned {len(fresh)} scores for {len(need)} images")
-                    for i, sc in zip(need, fresh):
-                        row[i] = Score(scorer.name, float(sc.value), to_jsonable(sc.details))
-                        writer.submit(self.cache.put_json, score_keys[scorer.name][i],
-                                      {"value": row[i].value, "details": row[i].details})
-                dt = time.perf_counter() - t0
-                t_score += dt
-                self.timings["score"] += dt
+        def score_ready(indices: list[int]) -> None:
+            nonlocal t_score
+            t0 = time.perf_counter()
+            for scorer in self.scorers:
+                row = scores[scorer.name]
+                need = [i for i in indices if row[i] is None and gens[i] is not None]
+                if not need:
+                    continue
+                fresh = scorer.score([gens[i] for i in need], intent)
+                if len(fresh) != len(need):
+                    raise RuntimeError(f"scorer {scorer.name!r} returned {len(fresh)} scores for {len(need)} images")
+                for i, sc in zip(need, fresh):
+                    row[i] = Score(scorer.name, float(sc.value), to_jsonable(sc.details))
+                    writer.submit(self.cache.put_json, score_keys[scorer.name][i],
+                                  {"value": row[i].value, "details": row[i].details})
+            dt = time.perf_counter() - t0
+            t_score += dt
+            self.timings["score"] += dt
 
-            def commit_ready() -> None:
-                # trials whose every image is rendered and scored, in candidate order
-                while len(commits) < len(todo):
-                    i = len(commits)
-                    span = range(i * n, (i + 1) * n)
-                    if not all(gens[j] is not None and all(scores[s.name][j] is not None for s in self.scorers)
-                               for j in span):
-                        return
-                    per = {name: row[i * n:(i + 1) * n] for name, row in scores.items()}
-                    ev = self.objective.evaluate(per, baseline)
-                    trial = Trial(
-                        index=next_index + i, iteration=iteration, prompt=todo[i]["prompt"], objective=ev.objective,
-                        scores=ev.means, feasible=ev.feasible, feedback=ev.feedback,
-                        meta={**todo[i]["meta"], "violations": ev.violations, "seeds": self.seeds,
-                              "render_s": t_render / len(todo), "score_s": t_score / len(todo)},
-                        details={name: [sc.details for sc in lst] for name, lst in per.items()},
-                    )
-                    commits.append((trial, writer.submit(self._commit, run_id, trial, [gens[j] for j in span], per,
-                                                         [keys[j] for j in span], [pngs[j] for j in span])))
+        def commit_ready() -> None:
+            # trials whose every image is rendered and scored, in candidate order
+            while len(commits) < len(todo):
+                i = len(commits)
+                span = range(i * n, (i + 1) * n)
+                if not all(gens[j] is not None and all(scores[s.name][j] is not None for s in self.scorers)
+                           for j in span):
+                    return
+                per = {name: row[i * n:(i + 1) * n] for name, row in scores.items()}
+                ev = self.objective.evaluate(per, baseline)
+                trial = Trial(
+                    index=next_index + i, iteration=iteration, prompt=todo[i]["prompt"], objective=ev.objective,
+                    scores=ev.means, feasible=ev.feasible, feedback=ev.feedback,
+                    meta={**todo[i]["meta"], "violations": ev.violations, "seeds": self.seeds,
+                          "render_s": t_render / len(todo), "score_s": t_score / len(todo)},
+                    details={name: [sc.details for sc in lst] for name, lst in per.items()},
+                )
+                commits.append((trial, writer.submit(self._commit, run_id, trial, [gens[j] for j in span], per,
+                                                     [keys[j] for j in span], [pngs[j] for j in span])))
 
-            # 3. images and scores that were cached: score what lacks a score, commit what is whole
-            score_ready([i for i in range(len(keys)) if gens[i] is not None])
-            commit_ready()
-            # 4. render the rest chunk by chunk; encode PNGs and write the cache beside it
-            t_start = time.perf_counter()
-            t_scored_before = t_score
-            pos = 0
-            stream = self._stream([prompts[i // n] for i in missing], [self.seeds[i % n] for i in missing])
+        # 3. images and scores that were cached: score what lacks a score, commit what is whole
+        score_ready([i for i in range(len(keys)) if gens[i] is not None])
+        commit_ready()
+        # 4. render the rest chunk by chunk; encode PNGs and write the cache beside it
+        t_start = time.perf_counter()
+        t_scored_before = t_score
+        pos = 0
+        stream = self._stream([prompts[i // n] for i in missing], [self.seeds[i % n] for i in missing])
+        try:
             for chunk in stream:
                 idxs = missing[pos:pos + len(chunk)]
                 if len(chunk) > len(missing) - pos:
@@ -643,15 +649,32 @@ class Optimizer:
                 t_render = time.perf_counter() - t_start - (t_score - t_scored_before)
                 score_ready(idxs)
                 commit_ready()
-            stream.close()  # also on the error path below: stops the producer thread
-            if pos != len(missing):
-                raise RuntimeError(f"generator returned {pos} generations for {len(missing)} requests")
-            # 5. trials are finished when committed, in order
-            for trial, done in commits:
-                t0 = time.perf_counter()
-                done.result()
-                self.timings["write_wait"] += time.perf_counter() - t0
-                yield trial
+        finally:
+            stream.close()  # stops the producer thread, on errors too
+        if pos != len(missing):
+            raise RuntimeError(f"generator returned {pos} generations for {len(missing)} requests")
+        # 5. trials are finished when committed, in order
+        for trial, done in commits:
+            t0 = time.perf_counter()
+            done.result()
+            self.timings["write_wait"] += time.perf_counter() - t0
+            yield trial
+
+    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """The PNG pool and the single writer thread, created once per run (threads and their
+        allocator arenas are reused across iterations)."""
+        if getattr(self, "_pool", None) is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmopt-png")
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mmopt-writer")
+        return self._pool, self._writer
+
+    def _close_executors(self) -> None:
+        """Wait for every queued write, then stop the threads."""
+        pool, writer = getattr(self, "_pool", None), getattr(self, "_writer", None)
+        self._pool = self._writer = None
+        if pool is not None:
+            pool.shutdown(wait=True)
+            writer.shutdown(wait=True)
 
     def _put_generation(self, key: str, g: Generation, frames: Any) -> None:
         """Writer thread: one generation's PNG frames and metadata into the cache."""

@@ -424,6 +424,11 @@ class DiffusersGenerator:
         # 3. render in chunks; on CUDA OOM halve the chunk and retry
         tiny = self.fast["decoder"] == "tiny"
         decoder = self._tiny_decoder() if tiny else None
+        # SD's own decode is vae.decode(latents / scaling_factor) + postprocess: doing it here
+        # is the same computation with the uint8 conversion on the device (fast.to_pil)
+        if decoder is None and self.pipeline_class == "StableDiffusionPipeline" \
+                and getattr(self.pipe, "_mmopt_memory", "resident") == "resident":
+            decoder = self.pipe.vae
         i = 0
         while i < len(prompts):
             size = min(self._batch, len(prompts) - i)
@@ -437,7 +442,7 @@ class DiffusersGenerator:
             try:
                 with torch.inference_mode():
                     args = self._call_args(call_p, call_s)
-                    if tiny:
+                    if decoder is not None:
                         args["output_type"] = "latent"
                         latents = self.pipe(**args).images
                         images = fast.decode_latents(self.pipe, decoder, latents)
