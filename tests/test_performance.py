@@ -1,0 +1,234 @@
+"""Performance switches on the CPU with the tiny models: the tiny decoder, static-shape
+padding, the remembered chunk size, device-side uint8 conversion, fast PNGs, the
+final full-decoder re-score, and the pipelined loop giving the same results."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+INTENT = "a red circle above a blue square"
+
+
+@pytest.fixture(scope="module")
+def taesd_dir(tiny_dir_root):
+    from mmopt.pipelines.fast import build_tiny_taesd
+
+    return build_tiny_taesd(tiny_dir_root / "taesd", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_gen(tiny_sd_dir, taesd_dir):
+    """The tiny SD with the tiny decoder; shares the loaded pipeline with the full one."""
+    from mmopt.registry import create
+
+    return create("generator", f"diffusers:{tiny_sd_dir}", decoder="tiny", tiny_decoder=str(taesd_dir), max_batch=4)
+
+
+def pixels(gens):
+    return [np.asarray(g.media) for g in gens]
+
+
+# --------------------------------------------------------------------------- generator switches
+
+
+def test_generator_decode_matches_the_plain_pipeline(tiny_generator):
+    # the generator decodes SD latents itself (uint8 on the device): same pixels as diffusers'
+    # own decode and postprocess, called on the same modules
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_generator.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    p = tiny_generator.preset
+    ref = pipe(["a red cube", "a dog"], num_inference_steps=p["steps"], guidance_scale=p["guidance"],
+               height=p["height"], width=p["width"],
+               generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+    ours = tiny_generator.generate(["a red cube", "a dog"], [0, 1])
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels(ours), ref))
+
+
+def test_tiny_decoder_renders_and_keys_differently(tiny_gen, tiny_generator):
+    tiny = tiny_gen.generate(["a red cube"], [3])[0]
+    full = tiny_generator.generate(["a red cube"], [3])[0]
+    assert tiny.media.size == full.media.size == (64, 64)
+    assert tiny.meta["decoder"] == "tiny" and "decoder" not in full.meta
+    assert not np.array_equal(np.asarray(tiny.media), np.asarray(full.media))
+    assert tiny_gen.cache_key() != tiny_generator.cache_key()
+    # the full-quality sibling shares the loaded pipeline and renders what the full generator does
+    twin = tiny_gen.full_quality()
+    assert twin.pipe is tiny_gen.pipe and twin.fast["decoder"] == "full"
+    assert twin.cache_key() == tiny_generator.cache_key()
+    assert np.array_equal(np.asarray(twin.generate(["a red cube"], [3])[0].media), np.asarray(full.media))
+
+
+def test_static_batch_padding_gives_identical_images(tiny_sd_dir):
+    from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
+
+    prompts, seeds = ["a cat", "a dog", "a red cube"], [0, 1, 2]
+    plain = DiffusersGenerator(str(tiny_sd_dir), max_batch=2, static_batch=False)
+    padded = DiffusersGenerator(str(tiny_sd_dir), max_batch=2, static_batch=True)
+    calls = []
+    real = padded.pipe.__class__.__call__
+
+    def spy(self, *a, **k):
+        calls.append(len(k["prompt"]))
+        return real(self, *a, **k)
+
+    padded.pipe.__class__.__call__ = spy
+    try:
+        got = padded.generate(prompts, seeds)
+    finally:
+        padded.pipe.__class__.__call__ = real
+    assert calls == [2, 2]  # the last chunk of 1 was padded to the fixed batch size
+    assert [g.prompt for g in got] == prompts and len(got) == 3
+    want = plain.generate(prompts, seeds)
+    for a, b in zip(pixels(got), pixels(want)):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # same image up to batch-size rounding
+
+
+def test_chunk_size_shrinks_on_oom_and_is_remembered(tiny_sd_dir):
+    from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
+
+    gen = DiffusersGenerator(str(tiny_sd_dir), max_batch=4)
+    real_pipe = gen.pipe
+
+    class SmallGPU:  # a pipeline that runs out of memory above 2 images per call
+        def __getattr__(self, name):
+            return getattr(real_pipe, name)
+
+        def __call__(self, **kw):
+            if len(kw["prompt"]) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real_pipe(**kw)
+
+    gen.pipe = SmallGPU()
+    with pytest.warns(UserWarning, match="out of memory"):
+        out = gen.generate(["a cat"] * 4, list(range(4)))
+    assert len(out) == 4 and gen._batch == 2
+    assert [len(c) for c in gen.generate_chunks(["a dog"] * 3, list(range(3)))] == [2, 1]
+    assert gen._batch == 2  # remembered: no new out-of-memory probe
+
+
+def test_fast_option_validation(tiny_sd_dir):
+    from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
+    from mmopt.pipelines.fast import resolve_fast_options
+
+    with pytest.raises(ValueError, match="compile"):
+        DiffusersGenerator(str(tiny_sd_dir), compile="fastest")
+    with pytest.raises(ValueError, match="decoder"):
+        DiffusersGenerator(str(tiny_sd_dir), decoder="medium")
+    with pytest.raises(ValueError, match="max_batch"):
+        DiffusersGenerator(str(tiny_sd_dir), max_batch=0)
+    with pytest.raises(ValueError, match="tiny"):
+        resolve_fast_options({}, {"decoder": "tiny"}, "cpu", "FluxPipelineX")
+    cpu = resolve_fast_options({}, {}, "cpu", "StableDiffusionPipeline")
+    assert cpu["compile"] is None and not cpu["channels_last"] and cpu["tiny_decoder"] == "madebyollin/taesd"
+    gpu = resolve_fast_options({"compile": "max-autotune"}, {}, "cuda", "StableDiffusionPipeline")
+    assert gpu["static_batch"] and gpu["channels_last"] and gpu["fuse_qkv"]
+    assert DiffusersGenerator(str(tiny_sd_dir), max_batch="auto").max_batch == 4  # cpu
+
+
+def test_tiny_decoder_hub_id_fails_fast_offline(tiny_sd_dir, monkeypatch):
+    from mmopt.errors import ModelLoadError
+    from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gen = DiffusersGenerator(str(tiny_sd_dir), decoder="tiny", tiny_decoder="nobody-here/no-such-taesd")
+    with pytest.raises(ModelLoadError):
+        gen.generate(["a cat"], [0])
+
+
+# --------------------------------------------------------------------------- store and loop
+
+
+def test_fast_png_is_lossless_for_every_mode():
+    from mmopt.store import encode_png
+
+    rng = np.random.default_rng(0)
+    for mode, shape in (("RGB", (9, 7, 3)), ("L", (9, 7)), ("RGBA", (9, 7, 4))):
+        a = rng.integers(0, 256, shape, dtype=np.uint8)
+        back = Image.open(io.BytesIO(encode_png(Image.fromarray(a, mode))))
+        assert back.mode == mode and np.array_equal(np.asarray(back), a)
+    p = Image.new("P", (4, 4), 3)  # other modes go through PIL
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(p))).convert("RGB")),
+                          np.asarray(p.convert("RGB")))
+
+
+class Counting:
+    """Counts the images a generator renders (the loop must not re-render cached ones)."""
+
+    def __init__(self, gen):
+        self.gen, self.images = gen, 0
+        self.name, self.prompt_style, self.max_prompt_tokens = gen.name, gen.prompt_style, gen.max_prompt_tokens
+
+    def cache_key(self):
+        return self.gen.cache_key()
+
+    def count_tokens(self, p):
+        return self.gen.count_tokens(p)
+
+    def generate_chunks(self, prompts, seeds):
+        for chunk in self.gen.generate_chunks(prompts, seeds):
+            self.images += len(chunk)
+            yield chunk
+
+    def generate(self, prompts, seeds):
+        return [g for c in self.generate_chunks(prompts, seeds) for g in c]
+
+    def full_quality(self):
+        return Counting(self.gen.full_quality())
+
+
+def run_loop(gen, clip, store, **kw):
+    from mmopt.optimizer import Budget, Optimizer
+    from mmopt.proposers.fixed import FixedProposer
+
+    sched = [[f"{INTENT}, bright", f"{INTENT}, flat", f"{INTENT}, vivid"]]
+    opt = Optimizer(gen, [clip], FixedProposer(sched), budget=Budget(iterations=2), candidates=3, seeds=2,
+                    store=store, **kw)
+    return opt, opt.run(INTENT)
+
+
+def test_pipelined_loop_final_rescore_and_resume(tiny_gen, tiny_clip, tmp_path):
+    gen = Counting(tiny_gen)
+    opt, res = run_loop(gen, tiny_clip, tmp_path / "a", final_rescore=True)
+    assert len(res.trials) == 4 and gen.images == 8
+    # the best prompt and the original re-rendered with the full decoder, objective recomputed
+    assert set(res.final) == {"best", "original"}
+    assert res.final["best"].prompt == res.best.prompt and res.final["original"].prompt == INTENT
+    assert res.final["best"].scores != res.best.scores or res.best.prompt == INTENT
+    assert "final" in res.summary()
+    # every trial was committed with its media
+    stored = opt.store.load_trials(res.run_id)
+    assert [t.prompt for t in stored] == [t.prompt for t in res.trials]
+    assert len(list(opt.store.media_dir(res.run_id).glob("*.png"))) == 8
+    # same run again on the same store: nothing is rendered (cache), same results
+    gen2 = Counting(tiny_gen)
+    _, again = run_loop(gen2, tiny_clip, tmp_path / "a", final_rescore=True)
+    assert gen2.images == 0
+    assert [t.objective for t in again.trials] == [t.objective for t in res.trials]
+    # the overlap thread renders the same images and scores (CPU: bit-identical), fresh store
+    _, over = run_loop(Counting(tiny_gen), tiny_clip, tmp_path / "b", final_rescore=True, overlap=True)
+    assert [(t.prompt, t.objective) for t in over.trials] == [(t.prompt, t.objective) for t in res.trials]
+    assert over.final["best"].objective == res.final["best"].objective
+
+
+def test_generator_error_in_the_overlap_thread_reaches_the_caller(tiny_gen, tiny_clip, tmp_path):
+    class Broken(Counting):
+        def generate_chunks(self, prompts, seeds):
+            yield from self.gen.generate_chunks(prompts[:1], seeds[:1])
+            raise RuntimeError("renderer died")
+
+    with pytest.raises(RuntimeError, match="renderer died"):
+        run_loop(Broken(tiny_gen), tiny_clip, tmp_path / "c", overlap=True)
+
+
+def test_memory_planner_keeps_cpu_pipelines_resident(tiny_generator):
+    from mmopt.pipelines.fast import module_bytes, plan_memory
+
+    assert plan_memory(tiny_generator.pipe, "cpu", "auto") == "resident"
+    assert module_bytes(tiny_generator.pipe.unet) > 0 and module_bytes("not a module") == 0
