@@ -180,11 +180,12 @@ def test_real_smollm2_proposes_new_candidates_keeping_keep_span():
 
 
 def test_off_topic_and_echoed_instructions_rejected():
-    reply = ("1. Prompts tried so far and their scores\n2. a dolphin named Emily in California\n"
+    reply = ("1. Prompts tried so far, worst to best, with scores\n2. a dolphin named Emily in California\n"
              "3. a ginger cats lounging on a navy chair")
-    p = OPT2IProposer(ScriptedLLM([reply]))
+    p = OPT2IProposer(ScriptedLLM([reply]), min_overlap=1)
     assert p.propose(make_state(), 3) == ["a ginger cats lounging on a navy chair"]  # 'cat' shared
     assert p.last_stats["rejected_off_topic"] == 2
-    lenient = OPT2IProposer(ScriptedLLM([reply]), min_overlap=0)
+    lenient = OPT2IProposer(ScriptedLLM([reply]))  # default: only echoes of the instructions go
     assert lenient.propose(make_state(), 3) == ["a dolphin named Emily in California",
                                                 "a ginger cats lounging on a navy chair"]
+    assert lenient.last_stats["rejected_off_topic"] == 1

@@ -92,8 +92,10 @@ class OPT2IProposer:
     shipped one; ``temperature``/``max_tokens`` go to the LLM (``max_tokens``
     None: 60 per requested prompt + 40); ``max_retries`` extra attempts follow
     an attempt with no usable rewrite; ``max_feedback`` trials' feedback is shown;
-    ``min_overlap`` content words of the intent a rewrite must share (0: no check;
-    it drops replies about something else, frequent with very small LLMs).
+    ``min_overlap`` content words of the intent a rewrite must share (default 0:
+    no check, relevance is the scorers' job; 1 drops replies about something
+    else, frequent with very small LLMs, at the price of more empty iterations).
+    Echoes of the meta-prompt's own sentences are always dropped.
 
     After each ``propose`` call, ``last_stats`` says what happened (attempts,
     LLM calls, candidates parsed/repaired/rejected, errors).
@@ -101,7 +103,7 @@ class OPT2IProposer:
 
     def __init__(self, llm: Any, *, history_k: int = 10, template: str | os.PathLike | None = None,
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
-                 max_feedback: int = 3, min_overlap: int = 1):
+                 max_feedback: int = 3, min_overlap: int = 0):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
