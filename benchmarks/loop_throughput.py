@@ -335,7 +335,7 @@ def leak_check(gen, scorer, iterations: int, candidates: int, seeds, tmp: Path) 
     return {"iterations": len(rows), "gpu_mb_after_warmup": first["gpu_allocated_mb"],
             "gpu_mb_last": last["gpu_allocated_mb"], "gpu_growth_mb": last["gpu_allocated_mb"] - first["gpu_allocated_mb"],
             "rss_mb_after_warmup": first["rss_mb"], "rss_mb_last": last["rss_mb"],
-            "rss_growth_mb": last["rss_mb"] - first["rss_mb"]}
+            "rss_growth_mb": last["rss_mb"] - first["rss_mb"], "per_iteration": rows}
 
 
 def _rss_mb() -> float:
