@@ -427,8 +427,9 @@ class DiffusersGenerator:
         # SD's own decode is vae.decode(latents / scaling_factor) + postprocess: doing it here
         # is the same computation with the uint8 conversion on the device (fast.to_pil)
         if decoder is None and self.pipeline_class == "StableDiffusionPipeline" \
-                and getattr(self.pipe, "_mmopt_memory", "resident") == "resident":
-            decoder = self.pipe.vae
+                and getattr(self.pipe, "_mmopt_memory", "resident") == "resident" \
+                and hasattr(self.pipe, "image_processor"):
+            decoder = getattr(self.pipe, "vae", None)
         i = 0
         while i < len(prompts):
             size = min(self._batch, len(prompts) - i)
