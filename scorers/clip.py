@@ -48,6 +48,8 @@ from mmopt.errors import ModelLoadError
 from mmopt.hub import check_hub_repo, is_offline, local_dir_fingerprint
 from mmopt.types import Generation, Score
 
+from .media import check_intent
+
 W = 2.5  # Hessel et al.'s rescaling weight
 _OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                       "open_clip_pytorch_model.bin")
@@ -347,8 +349,7 @@ class CLIPScoreScorer:
         [0.71, 0.64]
         """
         # 1. check inputs
-        if not isinstance(intent, str) or not intent.strip():
-            raise ValueError(f"intent must be a non-empty string, got {intent!r}")
+        check_intent(intent)
         if isinstance(generations, Generation) or not isinstance(generations, Sequence):
             raise TypeError(f"generations must be a sequence of Generation, got {type(generations).__name__}")
         # 2. flatten every frame into one batch; remember which generation owns it

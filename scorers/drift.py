@@ -30,6 +30,8 @@ import torch
 from mmopt.errors import MissingExtraError, ModelLoadError
 from mmopt.types import Generation, Score
 
+from .media import check_intent
+
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_THRESHOLD = 0.5
 
@@ -149,8 +151,7 @@ class DriftGuard:
 
     def similarity(self, intent: str, prompts: Sequence[str]) -> list[float]:
         """Cosine similarity of ``intent`` with each of ``prompts`` (floats in [-1, 1])."""
-        if not isinstance(intent, str) or not intent.strip():
-            raise ValueError(f"intent must be a non-empty string, got {intent!r}")
+        check_intent(intent)
         prompts = _check_texts(prompts, "prompts")
         if not prompts:
             return []

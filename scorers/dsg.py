@@ -33,6 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 from mmopt.cache import Cache, content_key
 from mmopt.types import DSGQuestion, Generation, Score, VQAAnswer
 
+from .media import check_generations, check_intent
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -504,12 +506,8 @@ class DSGScorer:
 
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         # 1. check inputs
-        if not isinstance(intent, str) or not intent.strip():
-            raise ValueError(f"intent must be a non-empty string, got {intent!r}")
-        generations = list(generations)
-        for g in generations:
-            if not isinstance(g, Generation):
-                raise TypeError(f"expected mmopt.types.Generation items, got {type(g).__name__}")
+        check_intent(intent)
+        generations = check_generations(generations)
         if not generations:
             return []
         # 2. questions for the intent (never for the candidate prompt)

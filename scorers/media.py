@@ -20,7 +20,14 @@ from typing import Any, Sequence
 
 from mmopt.types import Generation
 
-__all__ = ["check_generations", "as_rgb", "flatten_media", "mean_per_generation"]
+__all__ = ["check_intent", "check_generations", "as_rgb", "flatten_media", "mean_per_generation"]
+
+
+def check_intent(intent: Any) -> str:
+    """``intent`` unchanged, or ``ValueError`` when it is not a non-empty string."""
+    if not isinstance(intent, str) or not intent.strip():
+        raise ValueError(f"intent must be a non-empty string, got {intent!r}")
+    return intent
 
 
 def check_generations(generations: Any) -> list[Generation]:

@@ -32,7 +32,7 @@ import torch
 from mmopt.errors import MissingExtraError, ModelLoadError
 from mmopt.types import Generation, Score
 
-from .media import flatten_media, mean_per_generation
+from .media import check_intent, flatten_media, mean_per_generation
 from .weights import fetch_weights, load_state_dict, verify_sha256
 
 __all__ = ["PickScoreScorer", "HPSScorer", "ImageRewardScorer",
@@ -45,12 +45,6 @@ HPS_CHECKPOINTS = {
     "v2": "hf-hub:xswu/HPSv2/HPS_v2_compressed.pt",
 }
 HPS_ARCH = "ViT-H-14"
-
-
-def _check_intent(intent: Any) -> str:
-    if not isinstance(intent, str) or not intent.strip():
-        raise ValueError(f"intent must be a non-empty string, got {intent!r}")
-    return intent
 
 
 def _pick_device(device: Any) -> torch.device:
@@ -131,7 +125,7 @@ class PickScoreScorer:
 
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         """One PickScore per generation, against ``intent``."""
-        intent = _check_intent(intent)
+        intent = check_intent(intent)
         images, owner = flatten_media(generations)
         if not images:
             return []
@@ -213,7 +207,7 @@ class HPSScorer:
     @torch.no_grad()
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         """One HPS per generation, against ``intent``."""
-        intent = _check_intent(intent)
+        intent = check_intent(intent)
         images, owner = flatten_media(generations)
         if not images:
             return []
@@ -261,7 +255,7 @@ class ImageRewardScorer:
     @torch.no_grad()
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         """One ImageReward per generation, against ``intent``."""
-        intent = _check_intent(intent)
+        intent = check_intent(intent)
         images, owner = flatten_media(generations)
         if not images:
             return []

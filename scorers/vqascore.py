@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 from mmopt.types import Generation, Score
 
+from .media import check_generations, check_intent
+
 __all__ = ["VQAScorer", "VQASCORE_QUESTION", "from_name"]
 
 VQASCORE_QUESTION = "Does this figure show '{text}'? Please answer yes or no."
@@ -39,12 +41,8 @@ class VQAScorer:
 
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         # 1. check inputs
-        if not isinstance(intent, str) or not intent.strip():
-            raise ValueError(f"intent must be a non-empty string, got {intent!r}")
-        generations = list(generations)
-        for g in generations:
-            if not isinstance(g, Generation):
-                raise TypeError(f"expected mmopt.types.Generation items, got {type(g).__name__}")
+        check_intent(intent)
+        generations = check_generations(generations)
         if not generations:
             return []
         # 2. one question about the whole intent, one batched call
