@@ -51,7 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def cmd_optimize(args, *, demo: bool = False) -> int:
+def cmd_optimize(args) -> int:
     from mmopt.apps.report import write_report
     from mmopt.presets import build_optimizer, load_preset
     from mmopt.store import Store
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.prompt is None:
                 from mmopt.demo import DEMO_PROMPT
                 args.prompt = DEMO_PROMPT
-            return cmd_optimize(args, demo=True)
+            return cmd_optimize(args)
         return cmd_optimize(args)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are stored; run the same command again to resume", file=sys.stderr)

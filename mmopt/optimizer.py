@@ -17,7 +17,6 @@ Invariants the loop keeps (DESIGN.md):
 """
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import random
@@ -27,13 +26,13 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from mmopt.cache import Cache, content_key
-from mmopt.objective import Constraint, Objective
+from mmopt.objective import Objective
 from mmopt.store import Store, media_to_pngs, pngs_to_media, to_jsonable
 from mmopt.strategies import Strategy, TopKHistory
-from mmopt.types import Generation, Proposer, Score, Scorer, SearchState, Trial
+from mmopt.types import Generation, Score, Scorer, SearchState, Trial
 
 log = logging.getLogger("mmopt")
 
@@ -691,30 +690,30 @@ class Optimizer:
             frames = [f.result() if isinstance(f, Future) else f for f in frames]
             self.store.save_trial(run_id, trial, gens, per, keys, pngs=frames)
 
+    def _score_prompts(self, intent: str, prompts: Sequence[str], generator=None) -> list[dict[str, list[Score]]]:
+        """Per prompt, each scorer's scores on the search seeds (rendered and scored through the cache)."""
+        gens, keys = self._render(list(prompts), generator)
+        scores = self._score([g for row in gens for g in row], [k for row in keys for k in row], intent)
+        n = len(self.seeds)
+        return [{name: lst[i * n:(i + 1) * n] for name, lst in scores.items()} for i in range(len(prompts))]
+
     def _final_rescore(self, intent: str, best: Trial, original: Trial) -> dict:
         """The best prompt and the original, re-rendered with the final generator and re-scored."""
         t0 = time.perf_counter()
-        prompts = list(dict.fromkeys([best.prompt, original.prompt]))
-        gens, keys = self._render(prompts, self.final_generator)
-        flat = [g for row in gens for g in row]
-        scores = self._score(flat, [k for row in keys for k in row], intent)
-        n = len(self.seeds)
-        out = {}
-        base = None
-        for i, p in enumerate(prompts[::-1]):  # the original first: it is the baseline of constraints
-            j = prompts.index(p)
-            per = {name: lst[j * n:(j + 1) * n] for name, lst in scores.items()}
-            ev = self.objective.evaluate(per, base)
-            if p == original.prompt:
-                base = ev.means
-            out_t = Trial(best.index if p == best.prompt else original.index, -1, p, ev.objective, ev.means,
-                          ev.feasible, ev.feedback, meta={"final": True, "violations": ev.violations})
-            if p == original.prompt:
-                out["original"] = out_t
-            if p == best.prompt:
-                out["best"] = out_t
+        # the original first: its means are the baseline of the constraints
+        prompts = list(dict.fromkeys([original.prompt, best.prompt]))
+        per_prompt = self._score_prompts(intent, prompts, self.final_generator)
+        evals = {original.prompt: self.objective.evaluate(per_prompt[0])}
+        evals[best.prompt] = self.objective.evaluate(per_prompt[-1], evals[original.prompt].means) \
+            if len(prompts) == 2 else evals[original.prompt]
+
+        def final(t: Trial) -> Trial:
+            ev = evals[t.prompt]
+            return Trial(t.index, -1, t.prompt, ev.objective, ev.means, ev.feasible, ev.feedback,
+                         meta={"final": True, "violations": ev.violations})
+
         self.timings["final"] += time.perf_counter() - t0
-        return out
+        return {"original": final(original), "best": final(best)}
 
     # ------------------------------------------------------------ utilities
     def evaluate_prompts(self, intent: str, prompts: Sequence[str], seeds: Sequence[int]) -> list[Trial]:
@@ -722,15 +721,8 @@ class Optimizer:
         saved = self.seeds
         try:
             self.seeds = list(seeds)
-            gens, keys = self._render(list(prompts))
-            flat = [g for row in gens for g in row]
-            scores = self._score(flat, [k for row in keys for k in row], intent)
-            n = len(self.seeds)
-            out = []
-            for i, p in enumerate(prompts):
-                per = {name: lst[i * n:(i + 1) * n] for name, lst in scores.items()}
-                ev = self.objective.evaluate(per)
-                out.append(Trial(i, -1, p, ev.objective, ev.means, ev.feasible, ev.feedback))
-            return out
+            evals = [self.objective.evaluate(per) for per in self._score_prompts(intent, prompts)]
         finally:
             self.seeds = saved
+        return [Trial(i, -1, p, ev.objective, ev.means, ev.feasible, ev.feedback)
+                for i, (p, ev) in enumerate(zip(prompts, evals))]

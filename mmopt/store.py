@@ -19,7 +19,6 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
