@@ -50,6 +50,9 @@ def _parse_args(argv):
     p.add_argument("--heldout", type=int, default=8, help="held-out seeds for the re-scoring")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--device", default=None, help="generator device (default: automatic)")
+    p.add_argument("--llm-threads", type=int, default=None,
+                   help="llama.cpp threads for the embedded LLM (default: half the cores; all cores are "
+                        "faster when nothing else runs, since the loop waits on the LLM)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3 prompts, budgets 8,16, 2 seeds, 2 held-out seeds")
     args = p.parse_args(argv)
@@ -183,7 +186,8 @@ def main(argv=None) -> dict:
                   "dsg": registry.create("scorer", "offline:dsg"),
                   "cache": Cache(out / "cache.sqlite")}
     if any(m.startswith("opt2i") for m in args.methods):
-        components["llm"] = registry.create("llm", "smollm2")
+        llm_kwargs = {"n_threads": args.llm_threads} if args.llm_threads else {}
+        components["llm"] = registry.create("llm", "smollm2", **llm_kwargs)
 
     # 3. run what is not done yet (resumable)
     path = out / "results.jsonl"
