@@ -217,6 +217,15 @@ def test_small_model_residue():
         "a (red:1.2) cat, <lora:x:1>, [blue] chair"]
 
 
+def test_history_entries_run_together_on_one_line_are_split_at_their_scores():
+    # a small LLM echoing the "prompt | score" history without line breaks
+    text = "a red cat | 0.900 a red cat at dusk, warm light | not scored yet"
+    assert parse_prompts(text) == ["a red cat", "a red cat at dusk, warm light"]
+    assert parse_prompts("1. a blue dog | score: 0.7 a blue dog in snow") == ["a blue dog", "a blue dog in snow"]
+    # a bar that is not followed by a score stays part of the prompt
+    assert parse_prompts("a cat with 3 | legs") == ["a cat with 3 | legs"]
+
+
 def test_unbalanced_quotes():
     assert parse_prompts('"A red cat sitting on a blue chair') == ["A red cat sitting on a blue chair"]
     assert parse_prompts('a red cat on a blue chair"') == ["a red cat on a blue chair"]

@@ -90,6 +90,11 @@ _SCORE_RESIDUE = re.compile(
     r"[\s,;-]*[(\[]?\bscore\s*[:=]?\s*-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?[)\]]?"
     r"|\s*\|\s*(?:score\s*)?-?\d+(?:\.\d+)?\s*$",            # "prompt | 0.61"
     re.IGNORECASE)
+# A small LLM that echoes the history runs entries together on one line:
+# "a red cat | 0.61 a red cat at dusk | not scored yet". Such a score marks the
+# end of one prompt, so the item is split there.
+_SCORE_SEPARATOR = re.compile(
+    r"\s*\|\s*(?:(?:score\s*[:=]?\s*)?-?\d+(?:\.\d+)?|not scored yet)(?:\s+|\s*$)", re.IGNORECASE)
 # Bold/italic markup inside a prompt: "a **red** cat" -> "a red cat" (not A1111 syntax).
 _INLINE_EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`", "«": "»", "„": "“"}
@@ -331,7 +336,8 @@ def parse_prompts(text: str, max_items: int | None = None, *, min_chars: int = 5
     # 4. clean, filter, de-duplicate
     out: list[str] = []
     seen: set[str] = set()
-    for item in raw:
+    pieces = [piece for item in raw for piece in _SCORE_SEPARATOR.split(item)]
+    for item in pieces:
         cleaned = clean_item(_strip_special(item))
         if not _usable(cleaned, min_chars):
             continue
