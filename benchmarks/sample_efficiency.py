@@ -11,7 +11,8 @@ every method gets the same image budget on the shipped ShapesWorld generator
   table also lists its best single image among the N (what picking a seed buys).
 * ``opt2i/topk``: the OPT2I rewriter with the embedded SmolLM2-135M, top-10 history.
 * ``opt2i/beam``: the same rewriter with a beam history (width 3).
-* ``rules/topk``: the rule-based proposer (style-modifier edits).
+* ``rules/topk``, ``rules/beam``: the rule-based proposer (style-modifier edits)
+  with either history.
 
 Every optimizer runs once at the largest budget; the anytime curve at a smaller
 budget B uses the trials that fit in B images (trial k costs ``seeds`` images,
@@ -36,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("best-of-N", "opt2i/topk", "opt2i/beam", "rules/topk")
+METHODS = ("best-of-N", "opt2i/topk", "opt2i/beam", "rules/topk", "rules/beam")
 
 
 def _parse_args(argv):
@@ -138,6 +139,24 @@ def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tu
             vals = [row["best_image"] for r in base for row in r["rows"] if row["budget"] == b]
             cells.append(f"{statistics.fmean(vals):.3f}")
         lines.append("| best-of-N: best single image in search | " + " | ".join(cells) + f" | {len(base)} |")
+        lines += ["", "Paired difference from best-of-N on the same prompts (method - baseline, mean ± s.e.):", "",
+                  "| method | " + " | ".join(f"{b} images" for b in budgets) + " | wins / ties / losses at "
+                  f"{budgets[-1]} | prompts |", "|---" * (len(budgets) + 3) + "|"]
+        held = {(r["prompt"], row["budget"]): row["heldout"] for r in base for row in r["rows"]}
+        for m in methods:
+            recs = [r for r in records if r["method"] == m and m != "best-of-N"
+                    and all((r["prompt"], b) in held for b in budgets)]
+            if not recs:
+                continue
+            cells = []
+            for b in budgets:
+                diffs = [row["heldout"] - held[(r["prompt"], b)] for r in recs for row in r["rows"] if row["budget"] == b]
+                sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+                cells.append(f"{statistics.fmean(diffs):+.3f} ± {sem:.3f}")
+            last = [row["heldout"] - held[(r["prompt"], budgets[-1])] for r in recs for row in r["rows"]
+                    if row["budget"] == budgets[-1]]
+            wtl = (sum(d > 1e-9 for d in last), sum(abs(d) <= 1e-9 for d in last), sum(d < -1e-9 for d in last))
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {wtl[0]} / {wtl[1]} / {wtl[2]} | {len(recs)} |")
     return "\n".join(lines) + "\n", curves
 
 
