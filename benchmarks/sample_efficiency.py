@@ -157,6 +157,15 @@ def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tu
                     if row["budget"] == budgets[-1]]
             wtl = (sum(d > 1e-9 for d in last), sum(abs(d) <= 1e-9 for d in last), sum(d < -1e-9 for d in last))
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {wtl[0]} / {wtl[1]} / {wtl[2]} | {len(recs)} |")
+    # The winner's curse: the chosen prompt's score on the search seeds minus its held-out score.
+    lines += ["", "Optimism of the search (DSG of the chosen prompt on the search seeds - on held-out seeds):", "",
+              "| method | " + " | ".join(f"{b} images" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for m in methods:
+        recs = [r for r in records if r["method"] == m and m != "best-of-N"]
+        if recs:
+            gaps = [statistics.fmean(row["search"] - row["heldout"] for r in recs for row in r["rows"]
+                                     if row["budget"] == b) for b in budgets]
+            lines.append(f"| {m} | " + " | ".join(f"{g:+.3f}" for g in gaps) + " |")
     return "\n".join(lines) + "\n", curves
 
 

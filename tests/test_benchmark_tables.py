@@ -21,7 +21,7 @@ def bench():
 
 def _rec(prompt, method, held):
     return {"prompt": prompt, "method": method,
-            "rows": [{"budget": b, "heldout": h, "best_image": 1.0} for b, h in zip((8, 16), held)]}
+            "rows": [{"budget": b, "heldout": h, "search": 0.9, "best_image": 1.0} for b, h in zip((8, 16), held)]}
 
 
 def test_paired_difference_uses_only_prompts_both_methods_ran(bench):
@@ -36,6 +36,9 @@ def test_paired_difference_uses_only_prompts_both_methods_ran(bench):
     # differences at 8: +0.25, -0.10 -> mean +0.075; at 16: 0.0, -0.2 -> mean -0.100; 0 wins, 1 tie, 1 loss
     assert "+0.075" in paired and "-0.100" in paired
     assert "0 / 1 / 1" in paired and paired.rstrip(" |").endswith("2")
+    # optimism: search 0.9 minus held-out, averaged over all three rules/topk prompts
+    optimism = table.split("Optimism")[1]
+    assert f"{0.9 - (0.75 + 0.7 + 1.0) / 3:+.3f}" in optimism and f"{0.9 - 0.7:+.3f}" in optimism
 
 
 def test_methods_are_validated(bench):
