@@ -54,6 +54,8 @@ def _parse_args(argv):
     p.add_argument("--llm-threads", type=int, default=None,
                    help="llama.cpp threads for the embedded LLM (default: half the cores; all cores are "
                         "faster when nothing else runs, since the loop waits on the LLM)")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: write the table and plot from what OUT/results.jsonl holds")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3 prompts, budgets 8,16, 2 seeds, 2 held-out seeds")
     args = p.parse_args(argv)
@@ -209,11 +211,13 @@ def main(argv=None) -> dict:
     prompts = benchmark_prompts(args.prompts, seed=args.prompt_seed)
 
     # 2. components, loaded once; one cache so every method reuses shared renders
-    gen_kwargs = {"max_batch": 64, **({"device": args.device} if args.device else {})}
-    components = {"generator": registry.create("generator", "offline:t2i", **gen_kwargs),
-                  "dsg": registry.create("scorer", "offline:dsg"),
-                  "cache": Cache(out / "cache.sqlite")}
-    if any(m.startswith("opt2i") for m in args.methods):
+    components: dict = {}
+    if not args.table_only:
+        gen_kwargs = {"max_batch": 64, **({"device": args.device} if args.device else {})}
+        components = {"generator": registry.create("generator", "offline:t2i", **gen_kwargs),
+                      "dsg": registry.create("scorer", "offline:dsg"),
+                      "cache": Cache(out / "cache.sqlite")}
+    if any(m.startswith("opt2i") for m in args.methods) and not args.table_only:
         llm_kwargs = {"n_threads": args.llm_threads} if args.llm_threads else {}
         components["llm"] = registry.create("llm", "smollm2", **llm_kwargs)
 
@@ -229,7 +233,7 @@ def main(argv=None) -> dict:
                 records.append(r)
                 done.add((r["prompt"], r["method"]))
     with path.open("a") as f:
-        for i, prompt in enumerate(prompts):
+        for i, prompt in enumerate([] if args.table_only else prompts):
             for m in args.methods:
                 if (prompt, m) in done:
                     continue
