@@ -146,7 +146,7 @@ def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tu
                   f"{budgets[-1]} | prompts |", "|---" * (len(budgets) + 3) + "|"]
         held = {(r["prompt"], row["budget"]): row["heldout"] for r in base for row in r["rows"]}
         for m in methods:
-            recs = [r for r in records if r["method"] == m and m != "best-of-N"
+            recs = [r for r in records if r["method"] == m != "best-of-N"
                     and all((r["prompt"], b) in held for b in budgets)]
             if not recs:
                 continue
@@ -155,9 +155,8 @@ def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tu
                 diffs = [row["heldout"] - held[(r["prompt"], b)] for r in recs for row in r["rows"] if row["budget"] == b]
                 sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
                 cells.append(f"{statistics.fmean(diffs):+.3f} ± {sem:.3f}")
-            last = [row["heldout"] - held[(r["prompt"], budgets[-1])] for r in recs for row in r["rows"]
-                    if row["budget"] == budgets[-1]]
-            wtl = (sum(d > 1e-9 for d in last), sum(abs(d) <= 1e-9 for d in last), sum(d < -1e-9 for d in last))
+            # diffs now holds the largest budget's differences (budgets are sorted)
+            wtl = (sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs))
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {wtl[0]} / {wtl[1]} / {wtl[2]} | {len(recs)} |")
     # The winner's curse: the chosen prompt's score on the search seeds minus its held-out score.
     lines += ["", "Optimism of the search (DSG of the chosen prompt on the search seeds - on held-out seeds):", "",
@@ -217,9 +216,9 @@ def main(argv=None) -> dict:
         components = {"generator": registry.create("generator", "offline:t2i", **gen_kwargs),
                       "dsg": registry.create("scorer", "offline:dsg"),
                       "cache": Cache(out / "cache.sqlite")}
-    if any(m.startswith("opt2i") for m in args.methods) and not args.table_only:
-        llm_kwargs = {"n_threads": args.llm_threads} if args.llm_threads else {}
-        components["llm"] = registry.create("llm", "smollm2", **llm_kwargs)
+        if any(m.startswith("opt2i") for m in args.methods):
+            llm_kwargs = {"n_threads": args.llm_threads} if args.llm_threads else {}
+            components["llm"] = registry.create("llm", "smollm2", **llm_kwargs)
 
     # 3. run what is not done yet (resumable)
     path = out / "results.jsonl"

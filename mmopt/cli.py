@@ -130,11 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "runs":
             return cmd_runs(args)
-        if args.command == "demo":
-            if args.prompt is None:
-                from mmopt.demo import DEMO_PROMPT
-                args.prompt = DEMO_PROMPT
-            return cmd_optimize(args)
+        if args.command == "demo" and args.prompt is None:
+            from mmopt.demo import DEMO_PROMPT
+            args.prompt = DEMO_PROMPT
         return cmd_optimize(args)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are stored; run the same command again to resume", file=sys.stderr)
