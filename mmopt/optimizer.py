@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mmopt.cache import Cache, content_key
+from mmopt.device import release_free_host_memory
 from mmopt.objective import Objective
 from mmopt.store import Store, media_to_pngs, pngs_to_media, to_jsonable
 from mmopt.strategies import Strategy, TopKHistory
@@ -305,6 +306,9 @@ class Optimizer:
                         trials.append(trial)
                         self._emit("trial", trial=trial, run_id=run_id)
                 state_info["images"] = len(trials) * len(self.seeds)
+                if getattr(self, "_writer", None) is not None:
+                    # hand the iteration's freed image buffers back to the OS, off the main thread
+                    self._writer.submit(release_free_host_memory)
 
                 # 6. bookkeeping: trajectory of the best feasible objective, early stopping
                 best = self._best(trials)
