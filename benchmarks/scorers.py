@@ -18,7 +18,6 @@ prompts/s (every prompt distinct, so its cache never hits).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -38,26 +37,6 @@ def _images(n: int, size: int, seed: int):
     rng = random.Random(seed)
     return [Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
             for _ in range(n)]
-
-
-def _save_open_clip_dir(folder: Path, arch: str, seed: int) -> Path:
-    """A local open_clip dir of ``arch`` (full size, random weights) in the hub-repo layout."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = open_clip.get_model_config(arch)
-    if cfg is None:
-        raise ValueError(f"unknown open_clip architecture {arch!r}")
-    folder.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(arch, pretrained=None)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
-        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
-    return folder
 
 
 def _save_pickscore_dir(folder: Path, full: bool, seed: int) -> Path:
@@ -124,7 +103,7 @@ def _run(args, tmp: Path) -> None:
     from safetensors.torch import save_file
 
     from mmopt import registry
-    from mmopt.pipelines.tiny import build_tiny_clip
+    from mmopt.pipelines.tiny import build_random_clip, build_tiny_clip
     from mmopt.scorers.aesthetic import AestheticMLP, AestheticScorer
     from mmopt.scorers.concepts import ConceptScorer
     from mmopt.scorers.dcs import DecomposedCLIPScore
@@ -135,8 +114,8 @@ def _run(args, tmp: Path) -> None:
     # 1. components: tiny (built from configs) or full-size random weights
     t0 = time.perf_counter()
     if args.full:
-        clip_dir = _save_open_clip_dir(tmp / "vit-l-14", "ViT-L-14", seed=0)
-        hps_arch = _save_open_clip_dir(tmp / "vit-h-14", "ViT-H-14", seed=1)
+        clip_dir = build_random_clip(tmp / "vit-l-14", "ViT-L-14", seed=0)
+        hps_arch = build_random_clip(tmp / "vit-h-14", "ViT-H-14", seed=1)
     else:
         clip_dir = build_tiny_clip(tmp / "tiny-clip", seed=0)
         hps_arch = clip_dir

@@ -17,12 +17,19 @@ class Generation:
 
     ``media`` is a ``PIL.Image.Image`` for images, a list of them (frames) for
     video. ``meta`` records how it was made: model id, steps, size, latency.
+
+    ``pixels`` optionally carries the same image as a ``uint8`` tensor of shape
+    ``(3, H, W)`` on the device that rendered it. A scorer on that device can
+    read it instead of ``media`` and skip the trip through host memory; the
+    values are exactly ``media``'s. It is never stored or cached, and is not
+    part of equality.
     """
 
     prompt: str
     seed: int
     media: Any
     meta: dict = field(default_factory=dict)
+    pixels: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -425,7 +425,7 @@ class DiffusersGenerator:
         tiny = self.fast["decoder"] == "tiny"
         decoder = self._tiny_decoder() if tiny else None
         # SD's own decode is vae.decode(latents / scaling_factor) + postprocess: doing it here
-        # is the same computation with the uint8 conversion on the device (fast.to_pil)
+        # is the same computation with the uint8 conversion on the device (fast.to_images)
         if decoder is None and self.pipeline_class == "StableDiffusionPipeline" \
                 and getattr(self.pipe, "_mmopt_memory", "resident") == "resident" \
                 and hasattr(self.pipe, "image_processor"):
@@ -446,9 +446,9 @@ class DiffusersGenerator:
                     if decoder is not None:
                         args["output_type"] = "latent"
                         latents = self.pipe(**args).images
-                        images = fast.decode_latents(self.pipe, decoder, latents)
+                        images, pixels = fast.decode_latents(self.pipe, decoder, latents)
                     else:
-                        images = self.pipe(**args).images
+                        images, pixels = self.pipe(**args).images, None
                 images = images[:size]
             except Exception as e:
                 if not _is_oom(e) or size == 1:
@@ -481,7 +481,8 @@ class DiffusersGenerator:
                 }
                 if tiny:
                     meta["decoder"] = "tiny"
-                chunk.append(Generation(prompt=prompts[k], seed=seeds[k], media=image, meta=meta))
+                chunk.append(Generation(prompt=prompts[k], seed=seeds[k], media=image, meta=meta,
+                                        pixels=None if pixels is None else pixels[j]))
             i += size
             yield chunk
 
@@ -489,7 +490,8 @@ class DiffusersGenerator:
 
     def _tiny_decoder(self):
         return fast.load_tiny_decoder(self.fast["tiny_decoder"], self.dtype, self.device,
-                                      timeout=self._timeout, channels_last=self.fast["channels_last"])
+                                      timeout=self._timeout, channels_last=self.fast["channels_last"],
+                                      compile=self.fast["compile"])
 
     def with_decoder(self, decoder: str) -> "DiffusersGenerator":
         """A sibling generator that shares this one's loaded pipeline but decodes with

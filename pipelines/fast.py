@@ -12,8 +12,9 @@ switch              default                      what it does
 ``fuse_qkv``        True on cuda, else False     one matmul for Q, K and V in self-attention
                                                  (``pipe.fuse_qkv_projections``; same function,
                                                  other rounding)
-``compile``         None (off)                   ``torch.compile`` of the UNet/transformer; the
-                                                 value is the mode: "default", "reduce-overhead",
+``compile``         None (off)                   ``torch.compile`` of the UNet/transformer and of
+                                                 the decoder in use (VAE or tiny); the value is the
+                                                 mode: "default", "reduce-overhead",
                                                  "max-autotune", "max-autotune-no-cudagraphs"
 ``static_batch``    True when compiled           pad the last chunk to the fixed batch size, so a
                                                  compiled model (or a CUDA graph) sees one shape
@@ -41,7 +42,8 @@ from typing import Any
 
 import torch
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from mmopt.device import check_compile_mode
+
 DECODERS = ("full", "tiny")
 ATTENTION = ("sdpa", "eager")
 OFFLOAD = ("auto", "none", "model")
@@ -78,12 +80,7 @@ def resolve_fast_options(preset: dict, overrides: dict, device: str, pipeline_cl
     for key in ("channels_last", "fuse_qkv"):
         if not isinstance(opts[key], bool):
             raise TypeError(f"{key} must be True or False, got {opts[key]!r}")
-    if opts["compile"] is True:
-        opts["compile"] = "default"
-    if opts["compile"] is False:
-        opts["compile"] = None
-    if opts["compile"] is not None and opts["compile"] not in COMPILE_MODES:
-        raise ValueError(f"compile must be None/False or a mode in {COMPILE_MODES}, got {opts['compile']!r}")
+    opts["compile"] = check_compile_mode(opts["compile"])
     if opts["static_batch"] is None:
         opts["static_batch"] = opts["compile"] is not None
     if not isinstance(opts["static_batch"], bool):
@@ -176,22 +173,27 @@ def apply_fast_paths(pipe: Any, opts: dict) -> None:
             m = getattr(pipe, name, None)
             if isinstance(m, torch.nn.Module):
                 m.to(memory_format=torch.channels_last)
-    # 4. compile the denoiser in place (the pipeline keeps its module and config)
-    if opts["compile"] is not None and net is not None:
-        net.compile(mode=opts["compile"], fullgraph=False, dynamic=False)
+    # 4. compile the denoiser and the VAE's decoder in place (the pipeline keeps its modules
+    #    and configs); with a 1-step model the decoder costs more FLOPs than the UNet
+    if opts["compile"] is not None:
+        for module in (net, getattr(getattr(pipe, "vae", None), "decoder", None)):
+            if isinstance(module, torch.nn.Module):
+                module.compile(mode=opts["compile"], fullgraph=False, dynamic=False)
     pipe._mmopt_fast = dict(opts)
 
 
 # --------------------------------------------------------------------------- tiny decoder
 
 
-def load_tiny_decoder(source: str, dtype, device: str, *, timeout: float = 10.0, channels_last: bool = False):
-    """An ``AutoencoderTiny`` from a hub id or local directory, loaded once per process."""
+def load_tiny_decoder(source: str, dtype, device: str, *, timeout: float = 10.0, channels_last: bool = False,
+                      compile: str | None = None):
+    """An ``AutoencoderTiny`` from a hub id or local directory, loaded once per process
+    (per ``compile`` mode: a compiled copy is a separate entry)."""
     from diffusers import AutoencoderTiny
 
     from mmopt.errors import ModelLoadError
 
-    key = (str(source), str(dtype), device)
+    key = (str(source), str(dtype), device, compile)
     if key in _TINY:
         return _TINY[key]
     local = Path(str(source)).expanduser()
@@ -214,6 +216,8 @@ def load_tiny_decoder(source: str, dtype, device: str, *, timeout: float = 10.0,
     model = model.to(device).eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if compile is not None:
+        model.decoder.compile(mode=compile, fullgraph=False, dynamic=False)
     _TINY[key] = model
     return model
 
@@ -241,28 +245,35 @@ def build_tiny_taesd(out_dir: str | Path, config: dict | None = None, seed: int 
     return out
 
 
-def decode_latents(pipe: Any, decoder: Any, latents: torch.Tensor):
-    """PIL images from SD/SDXL ``latents`` through ``decoder`` (an AutoencoderTiny)."""
+def decode_latents(pipe: Any, decoder: Any, latents: torch.Tensor) -> tuple[list, torch.Tensor | None]:
+    """Images from SD/SDXL ``latents`` through ``decoder`` (the VAE or an AutoencoderTiny):
+    ``(PIL images, uint8 pixels on the device or None)``, as :func:`to_images`."""
     latents = latents.to(decoder.dtype)
     if getattr(decoder.config, "shift_factor", 0.0):
         latents = latents / decoder.config.scaling_factor + decoder.config.shift_factor
     else:
         latents = latents / decoder.config.scaling_factor
     image = decoder.decode(latents, return_dict=False)[0]
-    return to_pil(pipe, image)
+    return to_images(pipe, image)
 
 
-def to_pil(pipe: Any, image: torch.Tensor) -> list:
+def to_images(pipe: Any, image: torch.Tensor) -> tuple[list, torch.Tensor | None]:
     """PIL images from decoder output in [-1, 1], exactly as the pipeline's postprocess makes
     them, but quantised to uint8 on the device: 4x fewer bytes cross to the host and the
     host does no float work. (Same ops in the same order: denormalise in the decoder's
     dtype, widen to float32, x255, round half to even, to uint8.)
+
+    Also returns the uint8 batch, shape ``(N, 3, H, W)``, still on the device, so that a
+    scorer there can read the pixels without the host round trip (``Generation.pixels``);
+    ``None`` when the pipeline's own postprocess had to be used.
     """
     from PIL import Image
 
     proc = pipe.image_processor
     if not getattr(proc.config, "do_normalize", True) or getattr(proc.config, "do_binarize", False):
-        return proc.postprocess(image, output_type="pil")
+        return proc.postprocess(image, output_type="pil"), None
     x = (image / 2 + 0.5).clamp(0, 1).float().mul(255).round().to(torch.uint8)
     arr = x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    return [Image.fromarray(a[..., 0], mode="L") if a.shape[-1] == 1 else Image.fromarray(a) for a in arr]
+    if arr.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L") for a in arr], None
+    return [Image.fromarray(a) for a in arr], x

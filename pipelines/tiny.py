@@ -268,6 +268,44 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def build_random_clip(out_dir: str | Path, arch: str, seed: int = 0, device: str = "cpu") -> Path:
+    """Save open_clip architecture ``arch`` (e.g. ``"ViT-L-14"``) at full size with seeded
+    random weights, in the same hub-repo layout as :func:`build_tiny_clip`; return its directory.
+
+    For benchmarks that time full-size towers without downloading weights (the scores
+    mean nothing). ``device`` is where the weights are initialised (faster on a GPU;
+    the init is then seeded by the device's RNG). Preprocessing is open_clip's OpenAI
+    default: bicubic resize of the shortest side, centre crop, OpenAI mean/std.
+
+    >>> path = build_random_clip("/tmp/mmopt-full/vit-l-14", "ViT-L-14")   # doctest: +SKIP
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    seed = _check_seed(seed)
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    cfg = {"model_cfg": model_cfg, "preprocess_cfg": {
+        "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
+        "interpolation": "bicubic", "resize_mode": "shortest"}}
+    out = Path(out_dir)
+    fingerprint = _fingerprint({**cfg, "arch": arch, "init_device": str(device).split(":")[0]}, seed)
+    if _is_built(out, fingerprint):
+        return out
+    with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = open_clip.create_model(arch, pretrained=None, device=device)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    del model
+    _clear_out_dir(out)
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    (out / _STAMP).write_text(json.dumps({"fingerprint": fingerprint, "seed": seed}))
+    return out
+
+
 @torch.no_grad()
 def _orient_towards_positive_cosine(model, model_cfg: dict, seed: int) -> None:
     """Flip the text projection's sign if image-text cosines are negative on average.

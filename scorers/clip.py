@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmopt.device import dtype_name, pick_device, pick_dtype
+from mmopt.device import check_compile_mode, dtype_name, pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
 from mmopt.hub import check_hub_repo, is_offline, local_dir_fingerprint
 from mmopt.types import Generation, Score
@@ -200,7 +201,10 @@ def clear_model_cache() -> None:
 
 
 def _as_rgb(image: Any, where: str) -> Image.Image:
-    """A PIL RGB image from a PIL image or an HxW(x3/4) uint8 array; reject empty ones."""
+    """A PIL RGB image from a PIL image, an HxW(x3/4) uint8 array or a (3, H, W) uint8
+    tensor; reject empty ones."""
+    if isinstance(image, torch.Tensor):
+        image = _as_pixels(image, where).permute(1, 2, 0).cpu().numpy()
     if isinstance(image, np.ndarray):
         try:
             image = Image.fromarray(image)
@@ -212,6 +216,79 @@ def _as_rgb(image: Any, where: str) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise ValueError(f"{where} is empty ({image.width}x{image.height}); expected an image with pixels")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# --------------------------------------------------------------------------- preprocessing on the device
+
+#: How images are resized and normalised for the tower:
+#: "pil": open_clip's own transform on PIL images, on host threads (the reference);
+#: "tensor": the same transform's steps as tensor ops on the scorer's device, reading
+#: ``Generation.pixels`` when the generator left them there (no host round trip);
+#: "auto": "tensor" on a GPU, "pil" on the CPU.
+PREPROCESS_MODES = ("auto", "pil", "tensor")
+
+# open_clip steps that only convert a PIL image; the tensor path starts from RGB pixels
+_CONVERSIONS = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb", "PILToTensor"}
+
+
+def tensor_preprocess(preprocess: Any):
+    """``preprocess`` (open_clip's torchvision Compose for PIL images) as a function of a
+    ``uint8`` batch ``(N, 3, H, W)`` on any device, or ``None`` when it holds a step that
+    has no tensor form (e.g. open_clip's keep-ratio resize).
+
+    PIL resizes the uint8 image and rounds back to uint8 before ``ToTensor`` divides by
+    255; the tensor path does the same on a float copy, so the two differ only where
+    torchvision's antialiased bicubic and PIL's disagree by a rounding step.
+    """
+    from torchvision import transforms as T
+
+    steps = getattr(preprocess, "transforms", None)
+    if not steps:
+        return None
+    plan, quantised = [], False
+    for step in steps:
+        name = getattr(step, "__name__", type(step).__name__)
+        if isinstance(step, (T.Resize, T.CenterCrop)) and not quantised:
+            plan.append(step)
+        elif name in _CONVERSIONS:
+            if not quantised:
+                plan.append("to_unit")
+                quantised = True
+        elif isinstance(step, T.Normalize) and quantised:
+            plan.append(step)
+        else:
+            return None
+    if not quantised:
+        return None
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float()
+        for step in plan:
+            x = x.round_().clamp_(0, 255).div_(255) if step == "to_unit" else step(x)
+        return x
+
+    return run
+
+
+def _compile_tower(model: Any, mode: str) -> None:
+    """``torch.compile`` the image tower of a loaded model in place, once."""
+    done = getattr(model.visual, "_mmopt_compile", None)
+    if done is None:
+        model.visual.compile(mode=mode, fullgraph=False, dynamic=False)
+        model.visual._mmopt_compile = mode
+    elif done != mode:
+        warnings.warn(f"the image tower is already compiled with mode {done!r}; keeping it (asked: {mode!r})",
+                      stacklevel=3)
+
+
+def _as_pixels(image: Any, where: str) -> torch.Tensor:
+    """A ``uint8`` ``(3, H, W)`` tensor from a tensor of that form, a PIL image or an array."""
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3 or min(image.shape) == 0:
+            raise TypeError(f"{where}: a tensor image must be uint8 of shape (3, H, W), got "
+                            f"{image.dtype} {tuple(image.shape)}")
+        return image
+    return torch.from_numpy(np.array(_as_rgb(image, where))).permute(2, 0, 1)
 
 
 # --------------------------------------------------------------------------- scorer
@@ -226,6 +303,13 @@ class CLIPScoreScorer:
         batch_size: images (and texts) per forward pass.
         w: the rescaling weight (2.5 in the paper); ``value_range`` is ``(0, w)``.
         timeout: seconds to wait for the hub before failing with ModelLoadError.
+        preprocess: "pil", "tensor" or "auto" (see ``PREPROCESS_MODES``): where images are
+            resized and normalised. "tensor" scores can differ from "pil" ones in the third
+            decimal (resampling), so the mode is part of ``cache_key``.
+        compile: a ``torch.compile`` mode (``mmopt.device.COMPILE_MODES``) for the image
+            tower, or None. Batches are then padded to ``batch_size`` so the compiled
+            tower (or its CUDA graph) sees one shape. The tower is shared by every scorer
+            of the same model, so it is compiled once, with the first mode asked for.
 
     ``Score.details`` holds ``{"cosine": c}`` (mean over frames for a video).
 
@@ -235,12 +319,16 @@ class CLIPScoreScorer:
     """
 
     def __init__(self, model: str = "ViT-B-32/openai", *, device: str | None = None, dtype: Any = None,
-                 batch_size: int = 32, w: float = W, timeout: float = 10.0):
+                 batch_size: int = 32, w: float = W, timeout: float = 10.0, preprocess: str = "auto",
+                 compile: str | bool | None = None):
         # 1. check arguments
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
             raise ValueError(f"w must be a positive number, got {w!r}")
+        if preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
+        self.compile = check_compile_mode(compile)
         self.model_name = str(model).strip() if isinstance(model, (str, os.PathLike)) else model
         self.name = f"clip:{self.model_name}"
         self.w = float(w)
@@ -255,6 +343,17 @@ class CLIPScoreScorer:
 
         # 3. load once per process
         self.model, self.preprocess, self.tokenizer = _load(self._oc_name, self._tag, self.device, self.dtype)
+
+        # 4. where images are preprocessed: on the device when asked (or on a GPU, by default)
+        self._tensor_preprocess = tensor_preprocess(self.preprocess)
+        if preprocess == "tensor" and self._tensor_preprocess is None:
+            raise ValueError(f"preprocess='tensor': the transform of {self.model_name!r} has a step with no "
+                             f"tensor form ({self.preprocess}); use preprocess='pil'")
+        on_accelerator = not self.device.startswith("cpu")
+        use_tensor = preprocess == "tensor" or (preprocess == "auto" and on_accelerator)
+        self.preprocess_mode = "tensor" if use_tensor and self._tensor_preprocess else "pil"
+        if self.compile is not None:
+            _compile_tower(self.model, self.compile)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self.stats = {"texts_encoded": 0, "images_encoded": 0, "text_cache_hits": 0}
@@ -299,22 +398,40 @@ class CLIPScoreScorer:
     def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
         """L2-normalised image embeddings, shape ``(len(images), D)``, float32 on the cpu.
 
-        Accepts PIL images (any mode; converted to RGB) or HxWx3 uint8 arrays;
-        an empty (0-pixel) image raises ValueError.
+        Accepts PIL images (any mode; converted to RGB), HxWx3 uint8 arrays or
+        ``(3, H, W)`` uint8 tensors on any device; an empty (0-pixel) image raises
+        ValueError.
 
         >>> scorer.encode_images([Image.new("RGB", (64, 64))]).shape   # doctest: +SKIP
         torch.Size([1, 512])
         """
-        if isinstance(images, (Image.Image, np.ndarray)) or not isinstance(images, Sequence):
+        if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)) or not isinstance(images, Sequence):
             raise TypeError(f"images must be a sequence of images, got {type(images).__name__}")
-        rgb = [_as_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        if self.preprocess_mode == "tensor":
+            batches = self._tensor_batches([_as_pixels(im, f"images[{i}]") for i, im in enumerate(images)])
+        else:
+            rgb = [_as_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+            batches = (torch.stack(_preprocess_all(self.preprocess, rgb[start:start + self.batch_size]))
+                       for start in range(0, len(rgb), self.batch_size))
         out = []
-        for start in range(0, len(rgb), self.batch_size):
-            batch = torch.stack(_preprocess_all(self.preprocess, rgb[start:start + self.batch_size]))
-            feats = self.model.encode_image(batch.to(self.device, self.dtype)).float()
+        for batch in batches:
+            n = batch.shape[0]
+            if self.compile is not None and n < self.batch_size:  # one shape for the compiled tower
+                batch = torch.cat([batch, batch.new_zeros((self.batch_size - n, *batch.shape[1:]))])
+            feats = self.model.encode_image(batch.to(self.device, self.dtype))[:n].float()
             out.append(torch.nn.functional.normalize(feats, dim=-1).cpu())
-            self.stats["images_encoded"] += batch.shape[0]
+            self.stats["images_encoded"] += n
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def _tensor_batches(self, pixels: list[torch.Tensor]):
+        """Preprocessed batches of ``batch_size`` on the device; images of one size are
+        resized together (one kernel per batch, not per image)."""
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = [p.to(self.device, non_blocking=True) for p in pixels[start:start + self.batch_size]]
+            if all(p.shape == chunk[0].shape for p in chunk):
+                yield self._tensor_preprocess(torch.stack(chunk))
+            else:
+                yield torch.cat([self._tensor_preprocess(p[None]) for p in chunk])
 
     def text_image_similarity(self, images: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
         """Cosine similarities, shape ``(len(images), len(texts))``, in ``[-1, 1]``.
@@ -358,6 +475,8 @@ class CLIPScoreScorer:
             if not isinstance(g, Generation):
                 raise TypeError(f"generations[{i}] must be a Generation, got {type(g).__name__}")
             media = g.media if isinstance(g.media, (list, tuple)) else [g.media]
+            if self.preprocess_mode == "tensor" and g.pixels is not None:
+                media = [g.pixels]  # the same pixels, already on the device
             if not media:
                 raise ValueError(f"generations[{i}] has an empty frame list")
             frames.extend(media)
@@ -375,8 +494,11 @@ class CLIPScoreScorer:
 
     def cache_key(self) -> dict:
         """Everything that determines a score besides (image, intent)."""
-        return {"scorer": "clip", "model": self.model_name, "revision": self.revision,
-                "w": self.w, "dtype": dtype_name(self.dtype), "device": self.device.split(":")[0]}
+        key = {"scorer": "clip", "model": self.model_name, "revision": self.revision,
+               "w": self.w, "dtype": dtype_name(self.dtype), "device": self.device.split(":")[0]}
+        if self.preprocess_mode != "pil":  # the reference path keeps the keys it always had
+            key["preprocess"] = self.preprocess_mode
+        return key
 
     def __repr__(self) -> str:
         return f"CLIPScoreScorer({self.model_name!r}, device={self.device!r})"

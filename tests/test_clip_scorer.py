@@ -184,3 +184,90 @@ def test_cuda_scores_match_cpu(tiny_clip_dir, images):
     a, b = gpu.score(gens, "a red cube"), cpu.score(gens, "a red cube")
     for x, y in zip(a, b):
         assert x.details["cosine"] == pytest.approx(y.details["cosine"], abs=0.02)
+
+
+# --------------------------------------------------------------------------- preprocessing on the device
+
+
+def test_tensor_preprocessing_agrees_with_pil_on_a_trained_clip():
+    # mmopt's own trained CLIP on ShapesWorld renders of 256 px (resized to its 64 px input):
+    # the tensor path may differ from open_clip's PIL transform only by resampling rounding,
+    # far below the gaps between candidates, so the best of each group is the same image
+    import random
+
+    from mmopt.registry import create
+    from mmopt.shapesworld import grammar
+    from mmopt.shapesworld.render import render_caption
+
+    rng = random.Random(0)
+    captions = [grammar.sample_caption(rng) for _ in range(24)]
+    gens = [Generation(c, i, render_caption(c, seed=i, size=256)) for i, c in enumerate(captions)]
+    pil = create("scorer", "offline:clip", device="cpu", preprocess="pil")
+    tensor = create("scorer", "offline:clip", device="cpu", preprocess="tensor")
+    assert (pil.preprocess_mode, tensor.preprocess_mode) == ("pil", "tensor")
+    a = [s.value for s in pil.score(gens, captions[0])]
+    b = [s.value for s in tensor.score(gens, captions[0])]
+    assert max(abs(x - y) for x, y in zip(a, b)) < 0.01
+    assert np.std(a) > 0.05  # the scores do vary, so agreement means something
+    for start in range(0, 24, 4):
+        assert np.argmax(a[start:start + 4]) == np.argmax(b[start:start + 4])
+
+
+def test_tensor_preprocessing_handles_mixed_sizes(tiny_clip_dir, images):
+    # non-square images of different sizes: resize of the shortest side + centre crop, per size
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    tensor = CLIPScoreScorer(str(tiny_clip_dir), device="cpu", preprocess="tensor", batch_size=4)
+    expected = direct_cosines(tiny_clip_dir, images, "a red cube")
+    got = tensor.encode_images(images) @ tensor.encode_texts(["a red cube"])[0]
+    assert np.allclose(got.numpy(), expected, atol=0.02)
+
+
+def test_tensor_mode_reads_generation_pixels(tiny_clip_dir):
+    # a Generation whose pixels (black) differ from its media (white) reveals which one is read
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    white, black = Image.new("RGB", (48, 48), (255, 255, 255)), Image.new("RGB", (48, 48), (0, 0, 0))
+    black_pixels = torch.zeros(3, 48, 48, dtype=torch.uint8)
+    both = Generation("p", 0, white, pixels=black_pixels)
+    pil = CLIPScoreScorer(str(tiny_clip_dir), device="cpu", preprocess="pil")
+    tensor = CLIPScoreScorer(str(tiny_clip_dir), device="cpu", preprocess="tensor")
+    intent = "a red cube"
+    white_cos = pil.score([Generation("p", 0, white)], intent)[0].details["cosine"]
+    black_cos = pil.score([Generation("p", 0, black)], intent)[0].details["cosine"]
+    assert abs(white_cos - black_cos) > 1e-3
+    assert pil.score([both], intent)[0].details["cosine"] == pytest.approx(white_cos, abs=1e-6)
+    assert tensor.score([both], intent)[0].details["cosine"] == pytest.approx(black_cos, abs=1e-4)
+    # the field never takes part in equality (it is a copy of media, not data of its own)
+    assert both == Generation("p", 0, white)
+
+
+def test_preprocess_option_validation_and_cache_key(tiny_clip_dir):
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    with pytest.raises(ValueError, match="preprocess must be one of"):
+        CLIPScoreScorer(str(tiny_clip_dir), device="cpu", preprocess="gpu")
+    auto = CLIPScoreScorer(str(tiny_clip_dir), device="cpu")
+    tensor = CLIPScoreScorer(str(tiny_clip_dir), device="cpu", preprocess="tensor")
+    assert auto.preprocess_mode == "pil"  # the reference transform on the CPU
+    assert "preprocess" not in auto.cache_key()  # keys written before the option stay valid
+    assert tensor.cache_key() != auto.cache_key()
+    with pytest.raises(TypeError, match=r"uint8 of shape \(3, H, W\)"):
+        tensor.encode_images([torch.zeros(3, 8, 8)])
+    with pytest.raises(TypeError, match=r"uint8 of shape \(3, H, W\)"):
+        auto.encode_images([torch.zeros(8, 8, 3, dtype=torch.uint8)])
+    # a uint8 tensor is the same image as the array it was made from, in either mode
+    arr = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    as_tensor = torch.from_numpy(arr).permute(2, 0, 1)
+    for scorer in (auto, tensor):
+        assert torch.equal(scorer.encode_images([arr]), scorer.encode_images([as_tensor]))
+
+
+def test_transform_without_a_tensor_form_is_refused(tiny_clip_dir):
+    from torchvision import transforms as T
+
+    from mmopt.scorers.clip import tensor_preprocess
+
+    assert tensor_preprocess(T.Compose([T.Resize(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])) is not None
+    assert tensor_preprocess(T.Compose([T.Grayscale(3), T.ToTensor()])) is None
+    assert tensor_preprocess(lambda im: im) is None

@@ -51,6 +51,16 @@ def test_generator_decode_matches_the_plain_pipeline(tiny_generator):
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels(ours), ref))
 
 
+def test_generations_carry_their_pixels_for_scorers_on_the_device(tiny_gen, tiny_generator):
+    # both decoders leave a uint8 (3, H, W) copy of each image where it was decoded; it is
+    # exactly the PIL image, so a scorer may read either
+    for gen in (tiny_gen, tiny_generator):
+        out = gen.generate(["a red cube", "a dog", "a cat"], [0, 1, 2])
+        for g in out:
+            assert g.pixels is not None and g.pixels.dtype == torch.uint8 and g.pixels.shape == (3, 64, 64)
+            assert np.array_equal(g.pixels.permute(1, 2, 0).cpu().numpy(), np.asarray(g.media))
+
+
 def test_tiny_decoder_renders_and_keys_differently(tiny_gen, tiny_generator):
     tiny = tiny_gen.generate(["a red cube"], [3])[0]
     full = tiny_generator.generate(["a red cube"], [3])[0]
@@ -232,3 +242,34 @@ def test_memory_planner_keeps_cpu_pipelines_resident(tiny_generator):
 
     assert plan_memory(tiny_generator.pipe, "cpu", "auto") == "resident"
     assert module_bytes(tiny_generator.pipe.unet) > 0 and module_bytes("not a module") == 0
+
+
+@pytest.mark.slow
+def test_compiled_generator_and_clip_tower_match_eager(tiny_sd_dir, taesd_dir, tiny_clip_dir, tmp_path):
+    # torch.compile (inductor, on the CPU here) of the UNet, the tiny decoder and the CLIP image
+    # tower gives the eager results; the tower sees one padded batch shape.
+    # Slow (compiles for a minute or two): python -m pytest -m slow tests/test_performance.py -k compiled
+    import shutil
+
+    from mmopt.registry import create
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    eager = create("generator", f"diffusers:{tiny_sd_dir}", decoder="tiny", tiny_decoder=str(taesd_dir), max_batch=4)
+    compiled = create("generator", f"diffusers:{tiny_sd_dir}", decoder="tiny", tiny_decoder=str(taesd_dir),
+                      max_batch=4, compile="default")
+    assert compiled.fast["static_batch"] and compiled._tiny_decoder() is not eager._tiny_decoder()
+    prompts, seeds = ["a red cube", "a dog", "a cat"], [0, 1, 2]
+    a, b = eager.generate(prompts, seeds), compiled.generate(prompts, seeds)
+    for x, y in zip(a, b):
+        assert np.abs(np.asarray(x.media, dtype=int) - np.asarray(y.media, dtype=int)).max() <= 2
+
+    own = tmp_path / "clip"  # a model of its own: compiling the shared tiny tower would touch other tests
+    shutil.copytree(tiny_clip_dir, own)
+    plain = CLIPScoreScorer(str(tiny_clip_dir), device="cpu", batch_size=4)
+    fast = CLIPScoreScorer(str(own), device="cpu", batch_size=4, compile="default")
+    assert fast.model.visual._mmopt_compile == "default" and plain.model is not fast.model
+    gens = a + b  # 6 images: one full batch of 4 and one padded batch of 2
+    for x, y in zip(plain.score(gens, INTENT), fast.score(gens, INTENT)):
+        assert x.value == pytest.approx(y.value, abs=1e-4)
+    with pytest.raises(ValueError, match="compile must be"):
+        CLIPScoreScorer(str(own), device="cpu", compile="fastest")
