@@ -66,12 +66,10 @@ def sync(device: str) -> None:
 def build_full_models(root: Path, device: str) -> dict:
     """Random-weight SD-Turbo pipeline, TAESD and CLIP ViT-L/14 saved under ``root`` (bf16 / fp32)."""
     import diffusers
-    import open_clip
     from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from mmopt.pipelines.tiny import clip_tokenizer_dir, load_config
+    from mmopt.pipelines.tiny import build_random_clip, clip_tokenizer_dir, load_config
 
     cfg = load_config("sd_turbo")
     sd, taesd, clip = root / "sd-turbo-random", root / "taesd-random", root / "clip-vit-l14-random"
@@ -95,17 +93,7 @@ def build_full_models(root: Path, device: str) -> dict:
     if not (taesd / "config.json").is_file():
         with torch.device(device):
             AutoencoderTiny(**cfg["taesd"]).to(torch.bfloat16).save_pretrained(taesd, safe_serialization=True)
-    if not (clip / "open_clip_config.json").is_file():
-        model_cfg = open_clip.get_model_config("ViT-L-14")
-        with torch.device(device):
-            model = open_clip.create_model("ViT-L-14", pretrained=None, device=device)
-        clip.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-                  str(clip / "open_clip_model.safetensors"))
-        (clip / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
-            "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
-            "interpolation": "bicubic", "resize_mode": "shortest"}}))
-        del model
+    build_random_clip(clip, "ViT-L-14", seed=0, device=device)
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -332,10 +320,23 @@ def leak_check(gen, scorer, iterations: int, candidates: int, seeds, tmp: Path) 
     mmopt_loop(gen, scorer, schedule(iterations, candidates), seeds, tmp / "leak", callbacks=[cb])
     first = rows[min(4, len(rows) - 1)]  # after warm-up (allocator pools, caches)
     last = rows[-1]
-    return {"iterations": len(rows), "gpu_mb_after_warmup": first["gpu_allocated_mb"],
+    # a plateau has slope ~0 in the second half; a leak keeps its slope
+    half = rows[len(rows) // 2:]
+    return {"iterations": len(rows), "rss_slope_mb_per_iteration_second_half": _slope(
+                [r["iteration"] for r in half], [r["rss_mb"] for r in half]),
+            "gpu_mb_after_warmup": first["gpu_allocated_mb"],
             "gpu_mb_last": last["gpu_allocated_mb"], "gpu_growth_mb": last["gpu_allocated_mb"] - first["gpu_allocated_mb"],
             "rss_mb_after_warmup": first["rss_mb"], "rss_mb_last": last["rss_mb"],
             "rss_growth_mb": last["rss_mb"] - first["rss_mb"], "per_iteration": rows}
+
+
+def _slope(xs: list, ys: list) -> float:
+    """Least-squares slope of ys on xs (0 for fewer than two points)."""
+    if len(xs) < 2:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 
 
 def _rss_mb() -> float:
@@ -393,8 +394,16 @@ def main() -> None:
     log(f"device {report['device']}; work: {images} images ({args.iterations} iterations x {args.candidates} "
         f"candidates x {args.seeds} seeds + the original), {SIZE} px, {STEPS} step(s), {dtype}")
 
+    # the default scorer preprocesses on the device on a GPU (Generation.pixels); the naive loop
+    # uses open_clip's PIL transform as published CLIPScore code does; a second mmopt variant
+    # runs with the other mode, so the two are compared in this run
     scorer = create("scorer", f"clip:{paths['clip']}", device=device, dtype=dtype, batch_size=64)
-    scorer.encode_texts([INTENT])
+    other_mode = "pil" if scorer.preprocess_mode == "tensor" else "tensor"
+    scorers = {scorer.preprocess_mode: scorer,
+               other_mode: create("scorer", f"clip:{paths['clip']}", device=device, dtype=dtype, batch_size=64,
+                                  preprocess=other_mode)}
+    for s in scorers.values():
+        s.encode_texts([INTENT])
 
     # (a) the naive loop, on a plain pipeline (no fast paths), warmed up first
     if not args.skip_naive:
@@ -402,8 +411,8 @@ def main() -> None:
             str(paths["sd"]), torch_dtype=torch.float32 if device == "cpu" else torch.bfloat16).to(device)
         naive_pipe.set_progress_bar_config(disable=True)
         (tmp / "naive").mkdir()
-        naive_loop(naive_pipe, scorer, [sched[0][:2]], seeds[:1], device, tmp / "naive")  # warm-up
-        report["naive"] = naive_loop(naive_pipe, scorer, sched, seeds, device, tmp / "naive")
+        naive_loop(naive_pipe, scorers["pil"], [sched[0][:2]], seeds[:1], device, tmp / "naive")  # warm-up
+        report["naive"] = naive_loop(naive_pipe, scorers["pil"], sched, seeds, device, tmp / "naive")
         log(f"(a) naive loop:  {report['naive']['images_per_s']:8.2f} images/s  ({report['naive']['seconds']:.1f} s)")
         del naive_pipe
         gc.collect()
@@ -411,16 +420,22 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     # (b) mmopt's loop: variants
-    # (label, generator switches, final full-VAE re-score, overlap of generation and scoring)
-    variants = [("mmopt full VAE", dict(decoder="full"), False, False),
-                ("mmopt tiny decoder + final full-VAE re-score", dict(decoder="tiny"), True, False),
-                ("mmopt tiny decoder + final re-score, overlap thread", dict(decoder="tiny"), True, True)]
+    # (label, generator switches, final full-VAE re-score, overlap of generation and scoring,
+    #  CLIP preprocessing mode)
+    mode = scorer.preprocess_mode
+    variants = [("mmopt full VAE", dict(decoder="full"), False, False, mode),
+                ("mmopt tiny decoder + final full-VAE re-score", dict(decoder="tiny"), True, False, mode),
+                (f"mmopt tiny decoder + final re-score, CLIP preprocess {other_mode}", dict(decoder="tiny"), True,
+                 False, other_mode),
+                ("mmopt tiny decoder + final re-score, overlap thread", dict(decoder="tiny"), True, True, mode)]
     if args.compile and device == "cuda":
         variants += [(f"mmopt tiny decoder + compile({args.compile})", dict(decoder="tiny", compile=args.compile),
-                      True, False)]
+                      True, False, mode)]
     report["mmopt"] = {}
+    report["clip_preprocess_default"] = mode
     gens, by_kw = {}, {}
-    for label, kw, final, overlap in variants:
+    for label, kw, final, overlap, preprocess in variants:
+        scorer = scorers[preprocess]
         key = json.dumps(kw, sort_keys=True)
         warm = 0.0
         if key not in by_kw:
@@ -446,6 +461,8 @@ def main() -> None:
             f"warm-up {warm:.1f} s" + (f", peak {r['peak_gpu_gb']:.1f} GiB" if "peak_gpu_gb" in r else "")
             + (f", x{r['ratio_vs_naive']:.2f} naive" if "ratio_vs_naive" in r else "") + ")")
 
+    scorer = scorers[mode]
+
     # FLOPs per image of each stage (eager modules)
     last = gens[variants[-1][0]]
     flops = model_flops(gens[variants[1][0]], scorer, device)
@@ -453,7 +470,7 @@ def main() -> None:
 
     # stage shares (serial, synchronised; eager variants only: hooks would break compiled graphs)
     report["stages"] = {}
-    for label, kw, _, _ in variants[:2]:
+    for label, *_ in variants[:2]:
         st = report["stages"][label] = stage_shares(gens[label], scorer, sched, seeds, tmp,
                                                     str(len(report["stages"])), flops)
         log(f"stages [{label}]: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in st["shares"].items())
@@ -494,7 +511,8 @@ def main() -> None:
         lk = report["leak"]
         log(f"leak check over {lk['iterations']} iterations: GPU allocated {lk['gpu_mb_after_warmup']:.0f} -> "
             f"{lk['gpu_mb_last']:.0f} MiB ({lk['gpu_growth_mb']:+.1f}), RSS {lk['rss_mb_after_warmup']:.0f} -> "
-            f"{lk['rss_mb_last']:.0f} MiB ({lk['rss_growth_mb']:+.1f})")
+            f"{lk['rss_mb_last']:.0f} MiB ({lk['rss_growth_mb']:+.1f}; slope over the second half "
+            f"{lk['rss_slope_mb_per_iteration_second_half']:+.2f} MiB/iteration)")
 
     if "naive" in report:
         best = max(report["mmopt"].items(), key=lambda kv: kv[1]["images_per_s"])
