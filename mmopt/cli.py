@@ -46,6 +46,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--max-images", type=int, dest="max_images", help="stop after this many images")
     p.add_argument("--patience", type=int, help="stop after this many iterations without gain")
     p.add_argument("--seed", type=int, default=0, help="base seed of the proposer (default 0)")
+    p.add_argument("--lookahead", action="store_true", default=None,
+                   help="the LLM writes the next iteration's prompts while this one renders "
+                        "(from a history one iteration older)")
     p.add_argument("--protect", action="append", default=[], help="a word or span every rewrite must keep")
     p.add_argument("--run-id", dest="run_id", help="name the run (default: hash of prompt + config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,7 +66,7 @@ def cmd_optimize(args) -> int:
         preset, store=store, seed=args.seed, callbacks=callbacks, protected=args.protect,
         generator=args.generator, scorers=args.scorers, llm=args.llm, proposer=args.proposer,
         iterations=args.iterations, candidates=args.candidates, seeds=args.seeds,
-        max_images=args.max_images, patience=args.patience,
+        max_images=args.max_images, patience=args.patience, lookahead=args.lookahead,
     )
     result = opt.run(args.prompt, run_id=args.run_id)
     report = write_report(store, result.run_id)

@@ -40,6 +40,12 @@ log = logging.getLogger("mmopt")
 Callback = Callable[..., None]
 
 
+def _merge_info(into: dict, extra: dict) -> None:
+    """Add a lookahead proposal's LLM calls and failures to the run's tally."""
+    into["llm_calls"] += extra["llm_calls"]
+    into["failures"].extend(extra["failures"])
+
+
 def derive_seed(base: int, *parts: Any) -> int:
     """A 31-bit seed that depends only on ``base`` and ``parts``.
 
@@ -139,6 +145,12 @@ class Optimizer:
             the two threads contend for the GIL and the loop ran 20-45% slower than serial
             (benchmarks/loop_throughput.py); PNG encoding and store writes still run beside
             the GPU work either way.
+        lookahead: propose iteration i+1 on a thread while iteration i renders and scores,
+            so the generator does not wait on the LLM. The proposer then sees the history
+            through iteration i-1, with iteration i's prompts as ``SearchState.pending``
+            (tried, not scored): one iteration staler than without lookahead, so results
+            differ from a run without it (it is part of the run's config), and are as
+            deterministic. Off by default (benchmarks/llm_overlap.py measures both).
 
     Example::
 
@@ -153,7 +165,7 @@ class Optimizer:
                  seeds: int | Sequence[int] = 4, seed: int = 0, store: Store | str | Path | None = None,
                  cache: Cache | None = None, protected: Iterable[str] = (),
                  callbacks: Iterable[Callback] = (), final_rescore: Any = False, workers: int = 4,
-                 overlap: bool = False):
+                 overlap: bool = False, lookahead: bool = False):
         from mmopt import registry
 
         # 1. resolve registry names (models load once per process: the registry memoises)
@@ -227,6 +239,7 @@ class Optimizer:
         self.final_generator = final_rescore
         self.workers = workers
         self.overlap = bool(overlap)
+        self.lookahead = bool(lookahead)
         # seconds spent per stage in the last run (benchmarks read it)
         self.timings: dict[str, float] = {}
 
@@ -244,6 +257,7 @@ class Optimizer:
             "budget": vars(self.budget), "candidates": self.candidates, "seeds": self.seeds,
             "seed": self.seed, "protected": list(self.extra_protected),
             **({"final": self._gen_key(self.final_generator)} if self.final_generator is not None else {}),
+            **({"lookahead": True} if self.lookahead else {}),  # older run ids stay valid
         }
 
     def _emit(self, event: str, **info) -> None:
@@ -277,15 +291,14 @@ class Optimizer:
         stopped = "iterations"
         best_so_far = float("-inf")
         stale = 0
+        ahead = None  # lookahead: (iteration, Future of its proposals, their llm_calls/failures)
         try:
             for iteration in range(self.budget.iterations):
                 # 3. budgets are checked before an iteration starts
-                n_new = 1 if iteration == 0 else self.candidates
-                if self.budget.images is not None:
-                    n_new = min(n_new, (self.budget.images - state_info["images"]) // len(self.seeds))
-                    if n_new < 1:
-                        stopped = "images"
-                        break
+                n_new = self._n_new(iteration, state_info["images"])
+                if n_new < 1:
+                    stopped = "images"
+                    break
                 if self.budget.wall_time_s is not None and time.monotonic() - started > self.budget.wall_time_s:
                     stopped = "wall_time"
                     break
@@ -294,13 +307,22 @@ class Optimizer:
                     break
 
                 # 4. proposals: stored ones on resume, else the original or the proposer's
+                #    (with lookahead, made while the previous iteration rendered: only the wait counts)
                 t_prop = time.perf_counter()
-                prompts = self._proposals(run_id, iteration, n_new, clean_intent, protected, trials, state_info)
+                if ahead is not None and ahead[0] == iteration:
+                    prompts = ahead[1].result()
+                    _merge_info(state_info, ahead[2])
+                else:
+                    prompts = self._proposals(run_id, iteration, n_new, clean_intent, protected, trials, state_info)
+                ahead = None
                 self.timings["propose"] += time.perf_counter() - t_prop
 
                 # 5. evaluate what is not finished yet; each trial is committed before the next
                 done = {(t.iteration, t.prompt) for t in trials}
                 todo = [p for p in prompts if (iteration, p["prompt"]) not in done]
+                if self.lookahead:
+                    ahead = self._propose_ahead(run_id, iteration + 1, (len(trials) + len(todo)) * len(self.seeds),
+                                                clean_intent, protected, trials, prompts, state_info)
                 if todo:
                     for trial in self._evaluate(run_id, iteration, todo, clean_intent, trials):
                         trials.append(trial)
@@ -321,6 +343,9 @@ class Optimizer:
                     if self.budget.patience is not None and stale >= self.budget.patience:
                         stopped = "patience"
                         break
+            if ahead is not None:  # proposals made for an iteration that did not run: their LLM calls were spent
+                ahead[1].result()
+                state_info["llm_calls"] += ahead[2]["llm_calls"]
         except KeyboardInterrupt:
             # Everything finished is committed; mark the run so `mmopt runs` shows it.
             self._close_executors()
@@ -354,7 +379,33 @@ class Optimizer:
         feasible = [t for t in trials if t.feasible] or [t for t in trials if t.index == 0]
         return max(feasible, key=lambda t: (t.objective, -t.index))
 
-    def _proposals(self, run_id, iteration, n, clean_intent, protected, trials, info) -> list[dict]:
+    def _n_new(self, iteration: int, images_so_far: int) -> int:
+        """How many candidates ``iteration`` may render (the image budget caps the last ones)."""
+        n_new = 1 if iteration == 0 else self.candidates
+        if self.budget.images is not None:
+            n_new = min(n_new, (self.budget.images - images_so_far) // len(self.seeds))
+        return n_new
+
+    def _propose_ahead(self, run_id, iteration, images_after, clean_intent, protected, trials, current, info):
+        """Lookahead: start proposing ``iteration`` on the proposer thread, from the trials
+        finished so far plus the ``current`` candidates as pending; None when it would not run."""
+        n_next = self._n_new(iteration, images_after)
+        if iteration >= self.budget.iterations or n_next < 1:
+            return None
+        if self.budget.llm_calls is not None and info["llm_calls"] >= self.budget.llm_calls:
+            return None
+        if getattr(self, "_proposer_thread", None) is None:
+            self._proposer_thread = ThreadPoolExecutor(1, thread_name_prefix="mmopt-propose")
+        own = {"llm_calls": 0, "failures": []}  # merged into the run's when used
+        pending = tuple(c["prompt"] for c in current)
+        # the trials before the current iteration only: a resumed run that already finished some
+        # of the current candidates proposes exactly what the uninterrupted run did
+        earlier = [t for t in trials if t.iteration < iteration - 1]
+        future = self._proposer_thread.submit(self._proposals, run_id, iteration, n_next, clean_intent, protected,
+                                              earlier, own, pending)
+        return iteration, future, own
+
+    def _proposals(self, run_id, iteration, n, clean_intent, protected, trials, info, pending=()) -> list[dict]:
         """The candidates of ``iteration``: [{"prompt", "meta"}]. Stored before use."""
         stored = self.store.load_proposals(run_id, iteration) if self.store else None
         if stored is not None:
@@ -373,6 +424,7 @@ class Optimizer:
                 history=self.strategy.history(trials), rng=random.Random(derive_seed(self.seed, "propose", iteration)),
                 prompt_style=getattr(self.generator, "prompt_style", "sentences"),
                 max_prompt_tokens=getattr(self.generator, "max_prompt_tokens", 77), protected=protected,
+                pending=tuple(pending),
             )
             try:
                 raw = list(self.proposer.propose(state, n))
@@ -385,7 +437,7 @@ class Optimizer:
             meta["llm_calls"] = int(stats.get("llm_calls", 1)) if isinstance(stats, dict) else 1
             if isinstance(stats, dict):
                 meta["proposer_stats"] = stats
-        admitted = self._admit(raw, n, trials, protected, iteration == 0)
+        admitted = self._admit(raw, n, trials, protected, iteration == 0, pending)
         if iteration > 0 and not admitted and "failure" not in meta:
             meta["failure"] = {"iteration": iteration, "error": "no usable new candidate in the proposer's reply",
                                "raw": raw[:n]}
@@ -397,11 +449,11 @@ class Optimizer:
             self.store.save_proposals(run_id, iteration, [a["prompt"] for a in admitted], meta)
         return admitted
 
-    def _admit(self, raw: Sequence[str], n: int, trials, protected, is_original: bool) -> list[dict]:
+    def _admit(self, raw: Sequence[str], n: int, trials, protected, is_original: bool, pending=()) -> list[dict]:
         """Clean the proposer's candidates: strings, unseen, protected spans kept, within the token budget."""
         from mmopt import protect
 
-        seen = {t.prompt for t in trials}
+        seen = {t.prompt for t in trials} | set(pending)
         out: list[dict] = []
         for cand in raw:
             if not isinstance(cand, str):
@@ -673,6 +725,10 @@ class Optimizer:
 
     def _close_executors(self) -> None:
         """Wait for every queued write, then stop the threads."""
+        proposer = getattr(self, "_proposer_thread", None)
+        self._proposer_thread = None
+        if proposer is not None:
+            proposer.shutdown(wait=True)  # a proposal in flight finishes (and is stored) first
         pool, writer = getattr(self, "_pool", None), getattr(self, "_writer", None)
         self._pool = self._writer = None
         if pool is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 PRESET_KEYS = {"description", "generator", "scorers", "weights", "constraints", "proposer", "llm",
                "iterations", "candidates", "seeds", "history_k", "strategy", "patience", "max_images",
-               "generator_kwargs"}
+               "generator_kwargs", "lookahead"}
 
 
 def available_presets() -> list[str]:
@@ -65,4 +65,4 @@ def build_optimizer(preset: dict, *, store=None, seed: int = 0, callbacks=(), pr
                     patience=cfg.get("patience"))
     return Optimizer(generator, scorers, proposer, objective=objective, strategy=strategy, budget=budget,
                      candidates=int(cfg.get("candidates", 5)), seeds=cfg.get("seeds", 4), seed=seed,
-                     store=store, protected=protected, callbacks=callbacks)
+                     store=store, protected=protected, callbacks=callbacks, lookahead=bool(cfg.get("lookahead")))

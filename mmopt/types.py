@@ -139,7 +139,9 @@ class SearchState:
     """What a proposer sees: the intent, the history, a seeded RNG.
 
     ``history`` is chosen by the strategy (for OPT2I: the top-k trials);
-    ``trials`` is every trial so far in the order they were evaluated.
+    ``trials`` is every trial so far in the order they were evaluated;
+    ``pending`` the prompts being rendered while this proposal is made
+    (``Optimizer(lookahead=True)``): already tried, scores not known yet.
     """
 
     intent: str
@@ -150,6 +152,7 @@ class SearchState:
     prompt_style: str = "tags"
     max_prompt_tokens: int = 77
     protected: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
 
     @property
     def best(self) -> Trial | None:
@@ -158,7 +161,7 @@ class SearchState:
         return max(pool, key=lambda t: (t.objective, -t.index)) if pool else None
 
     def seen_prompts(self) -> set[str]:
-        return {t.prompt for t in self.trials}
+        return {t.prompt for t in self.trials} | set(self.pending)
 
 
 @runtime_checkable

@@ -245,3 +245,92 @@ def test_constraint_keeps_infeasible_out_of_the_result(tiny_generator, tiny_clip
     r = _opt(tiny_generator, tiny_clip, FixedProposer(schedule), tmp_path, objective=obj, budget=Budget(iterations=2)).run(INTENT)
     assert not any(t.feasible for t in r.trials[1:])
     assert r.best.index == 0  # infeasible rewrites never win
+
+
+# --------------------------------------------------------------------------- lookahead
+
+
+class _Handshake:
+    """Events that show whether iteration k's proposal started while iteration k-1 rendered.
+
+    The generator's call for iteration i marks ``rendering[i]`` when it starts and, for the
+    iterations in ``check``, waits at its end (up to 20 s) for ``proposing[i + 1]``. The
+    proposer for iteration k waits (up to 20 s) for ``rendering[k - 1]`` before it marks
+    ``proposing[k]``. With lookahead both waits end at once; run serially, the proposal
+    only starts after the render returned, so the generator's wait times out.
+    """
+
+    def __init__(self, check):
+        import collections
+        import threading
+
+        self.check = set(check)
+        self.rendering = collections.defaultdict(threading.Event)
+        self.proposing = collections.defaultdict(threading.Event)
+        self.overlapped = []
+
+
+class _HandshakeGenerator(_CountingGenerator):
+    def __init__(self, inner, calls, handshake):
+        super().__init__(inner, calls)
+        self.handshake = handshake
+
+    def generate(self, prompts, seeds):
+        iteration = len(self.calls)  # one call per iteration: call j renders iteration j - 1
+        self.handshake.rendering[iteration].set()
+        out = super().generate(prompts, seeds)
+        if iteration in self.handshake.check:
+            self.handshake.overlapped.append(self.handshake.proposing[iteration + 1].wait(timeout=20))
+        return out
+
+
+class _RecordingProposer:
+    """The real rules proposer, recording what each proposal saw."""
+
+    def __init__(self, handshake):
+        self.inner = registry.create("proposer", "rules", reuse=False)
+        self.name, self.handshake, self.seen = "recording-rules", handshake, []
+
+    def propose(self, state, n):
+        self.seen.append((state.iteration, sorted({t.iteration for t in state.trials}), state.pending))
+        self.handshake.rendering[state.iteration - 1].wait(timeout=20)
+        self.handshake.proposing[state.iteration].set()
+        return self.inner.propose(state, n)
+
+
+def test_lookahead_proposes_the_next_iteration_while_this_one_renders(tiny_generator, tiny_clip, tmp_path):
+    handshake = _Handshake(check={1, 2})  # iterations 1 and 2 render beside the proposals of 2 and 3
+    gen = _HandshakeGenerator(tiny_generator, [], handshake)
+    proposer = _RecordingProposer(handshake)
+    result = _opt(gen, tiny_clip, proposer, tmp_path, budget=Budget(iterations=4), lookahead=True).run(INTENT)
+    assert handshake.overlapped == [True, True]
+    # iteration k was proposed from the trials before k-1, with k-1's candidates pending
+    by_iteration = {t.iteration: [x.prompt for x in result.trials if x.iteration == t.iteration]
+                    for t in result.trials}
+    for iteration, trial_iterations, pending in proposer.seen:
+        assert trial_iterations == list(range(iteration - 1))
+        assert list(pending) == by_iteration[iteration - 1]
+    # nothing pending was proposed again
+    prompts = [t.prompt for t in result.trials]
+    assert len(prompts) == len(set(prompts)) == 1 + 3 * 2
+    assert Optimizer(gen, [tiny_clip], proposer, lookahead=True).config() != Optimizer(gen, [tiny_clip],
+                                                                                          proposer).config()
+
+
+def test_lookahead_with_the_embedded_llm_is_deterministic_and_resumes(tiny_generator, tiny_clip, smollm2, tmp_path):
+    first = _opt(tiny_generator, tiny_clip, OPT2IProposer(smollm2), tmp_path / "a", lookahead=True).run(INTENT)
+    assert [t for t in first.trials if t.iteration > 0], f"no rewrite: {first.failures}"
+    assert first.llm_calls >= 2
+
+    def stop_in_iteration_1(event, **info):
+        if event == "trial" and info["trial"].index == 1:
+            raise KeyboardInterrupt
+
+    calls = []
+    counting = _CountingGenerator(tiny_generator, calls)
+    with pytest.raises(KeyboardInterrupt):
+        _opt(counting, tiny_clip, OPT2IProposer(smollm2), tmp_path / "b", lookahead=True,
+             callbacks=[stop_in_iteration_1]).run(INTENT)
+    resumed = _opt(counting, tiny_clip, OPT2IProposer(smollm2), tmp_path / "b", lookahead=True).run(INTENT)
+    assert _summary(resumed) == _summary(first)
+    assert sum(calls) == len(first.trials) * 2  # every image rendered once across both processes

@@ -70,6 +70,24 @@ def test_tags_style_and_no_history():
     assert "comma-separated keywords" in text and "not scored yet" in text and "$" not in text
 
 
+def test_pending_prompts_are_listed_unscored_and_never_proposed_again():
+    # lookahead: the candidates still rendering come first, marked not scored yet, before the
+    # scored history (best last); a reply that repeats one of them is dropped
+    trials = [trial(0, "a red cat sitting on a blue chair", 0.5)]
+    llm = ScriptedLLM(["1. red cat, blue chair, soft light\n2. a red cat on a blue stool"])
+    p = OPT2IProposer(llm)
+    out = p.propose(make_state(trials, pending=("red cat, blue chair, soft light",)), 2)
+    assert out == ["a red cat on a blue stool"] and p.last_stats["rejected_seen"] == 1
+    text = user_text(llm)
+    assert text.index("red cat, blue chair, soft light | not scored yet") < text.index(
+        "a red cat sitting on a blue chair | 0.500")
+    # with nothing scored yet, the pending prompts replace the unscored intent line
+    llm = ScriptedLLM(["1. a crimson cat on a navy chair"])
+    OPT2IProposer(llm).propose(make_state(pending=("red cat, blue chair",)), 1)
+    lines = [ln for ln in user_text(llm).splitlines() if "not scored yet" in ln]
+    assert lines == ["red cat, blue chair | not scored yet"]
+
+
 def test_filters_seen_duplicates_and_limits_to_n():
     trials = [trial(0, "a red cat sitting on a blue chair", 0.5), trial(1, "red cat, blue chair", 0.6)]
     reply = ("Sure! Here are 4 prompts:\n1. Red cat, blue chair\n2. a red cat on a blue velvet chair\n"

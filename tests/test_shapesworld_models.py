@@ -155,6 +155,8 @@ def test_short_optimization_with_the_offline_preset(tmp_path):
     assert len(result.trials) >= 2 and result.llm_calls >= 1
     assert result.best.objective >= result.original.objective
     assert set(result.best.scores) == {"offline:dsg", "offline:clip"}
+    # the lookahead switch is preset data and a CLI flag too (mmopt optimize --lookahead)
+    assert not opt.lookahead and build_optimizer({**preset, "lookahead": True}).lookahead
 
 
 @pytest.mark.slow

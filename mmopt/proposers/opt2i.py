@@ -143,9 +143,12 @@ class OPT2IProposer:
         """The chat messages of the meta-prompt for ``state``, asking for ``n`` revisions."""
         history = self._history(state)
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
+        # prompts still being rendered (lookahead) come first, unscored, so the LLM neither
+        # repeats them nor reads them as the best so far (the best is last)
+        lines = [f"{p} | not scored yet" for p in state.pending]
         if history:
-            lines = [f"{t.prompt} | {t.objective:.3f}" for t in history]
-        else:
+            lines += [f"{t.prompt} | {t.objective:.3f}" for t in history]
+        elif not state.pending:
             lines = [f"{intent} | not scored yet"]
         feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
         feedback_block = ""
