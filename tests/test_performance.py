@@ -273,3 +273,22 @@ def test_compiled_generator_and_clip_tower_match_eager(tiny_sd_dir, taesd_dir, t
         assert x.value == pytest.approx(y.value, abs=1e-4)
     with pytest.raises(ValueError, match="compile must be"):
         CLIPScoreScorer(str(own), device="cpu", compile="fastest")
+
+
+@pytest.mark.gpu
+def test_pixels_stay_on_the_gpu_and_score_like_the_pil_path(tiny_sd_dir, taesd_dir, tiny_clip_dir):
+    # on a GPU the decoded uint8 images stay there and CLIPScore preprocesses them in place
+    # (preprocess="auto" -> "tensor"); scores match the host-side PIL transform.
+    # Run on a machine with CUDA: python -m pytest -m gpu tests/test_performance.py
+    from mmopt.registry import create
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    gen = create("generator", f"diffusers:{tiny_sd_dir}", device="cuda", decoder="tiny",
+                 tiny_decoder=str(taesd_dir), max_batch=4, reuse=False)
+    gens = gen.generate(["a red cube", "a dog", "a cat"], [0, 1, 2])
+    assert all(g.pixels.is_cuda for g in gens)
+    on_device = CLIPScoreScorer(str(tiny_clip_dir))
+    assert on_device.device.startswith("cuda") and on_device.preprocess_mode == "tensor"
+    host = CLIPScoreScorer(str(tiny_clip_dir), preprocess="pil")
+    for a, b in zip(on_device.score(gens, INTENT), host.score(gens, INTENT)):
+        assert a.details["cosine"] == pytest.approx(b.details["cosine"], abs=0.02)
