@@ -11,14 +11,18 @@ One process, one run, the same optimization work two ways:
     re-score of the best prompt, and (on a GPU) torch.compile.
 
 Full-size architectures are built from configs with random weights (nothing
-is downloaded): SD-Turbo = the SD 2.1 UNet + OpenCLIP ViT-H text tower + SD
-VAE at 512 px, 1 step (``assets/configs/sd_turbo.json``); TAESD; the CLIP
-ViT-L/14 scorer (open_clip, random weights). ``--tiny`` uses the tiny test
-models on the CPU instead.
+is downloaded): ``--arch sd-turbo`` (default) = the SD 2.1 UNet + OpenCLIP
+ViT-H text tower + SD VAE at 512 px, 1 step (``assets/configs/sd_turbo.json``);
+``--arch sdxl-turbo`` = the SDXL UNet + its two text encoders + the SDXL VAE at
+512 px, 1 step (``assets/configs/sdxl_turbo.json``); the tiny decoder of the
+family (TAESD / TAESDXL architecture); the CLIP ViT-L/14 scorer (open_clip,
+random weights). ``--tiny`` uses the tiny test models (SD or SDXL) on the CPU.
 
-    python benchmarks/loop_throughput.py --tiny                 # CPU, tiny models
-    python benchmarks/loop_throughput.py --compile default      # GPU, full size
-    python benchmarks/loop_throughput.py --tiny --leak-check 50 # memory across 50 iterations
+    python benchmarks/loop_throughput.py --tiny                     # CPU, tiny SD
+    python benchmarks/loop_throughput.py --tiny --arch sdxl-turbo   # CPU, tiny SDXL
+    python benchmarks/loop_throughput.py --compile default          # GPU, SD-Turbo
+    python benchmarks/loop_throughput.py --arch sdxl-turbo          # GPU, SDXL-Turbo
+    python benchmarks/loop_throughput.py --tiny --leak-check 50     # memory across 50 iterations
 
 Prints images/s of both loops and their ratio, stage shares (LLM, generation,
 decode, scoring, overhead), on a GPU the UNet's achieved TFLOP/s as a share
@@ -63,33 +67,20 @@ def sync(device: str) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def build_full_models(root: Path, device: str) -> dict:
-    """Random-weight SD-Turbo pipeline, TAESD and CLIP ViT-L/14 saved under ``root`` (bf16 / fp32)."""
-    import diffusers
-    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+ARCHS = {"sd-turbo": "sd_turbo", "sdxl-turbo": "sdxl_turbo"}  # --arch -> config in mmopt/assets/configs
 
-    from mmopt.pipelines.tiny import build_random_clip, clip_tokenizer_dir, load_config
 
-    cfg = load_config("sd_turbo")
-    sd, taesd, clip = root / "sd-turbo-random", root / "taesd-random", root / "clip-vit-l14-random"
+def build_full_models(root: Path, device: str, arch: str) -> dict:
+    """Random-weight ``arch`` pipeline (bf16), its tiny decoder and CLIP ViT-L/14 saved under ``root``."""
+    from diffusers import AutoencoderTiny
+
+    from mmopt.pipelines.tiny import build_pipeline, build_random_clip, load_config
+
+    cfg = load_config(ARCHS[arch])
+    sd, taesd, clip = root / f"{arch}-random", root / f"taesd-{arch}-random", root / "clip-vit-l14-random"
     t0 = time.perf_counter()
-    if not (sd / "model_index.json").is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer = CLIPTokenizer.from_pretrained(clip_tokenizer_dir(tmp))
-        torch.manual_seed(0)
-        with torch.device(device):  # initialise on the GPU: seconds instead of a minute
-            unet = UNet2DConditionModel(**cfg["unet"]).to(torch.bfloat16)
-            vae = AutoencoderKL(**cfg["vae"]).to(torch.bfloat16)
-            text = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])).to(torch.bfloat16)
-        sched_cfg = dict(cfg["scheduler"])
-        scheduler = getattr(diffusers, sched_cfg.pop("class"))(**sched_cfg)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-        pipe.save_pretrained(sd, safe_serialization=True)
-        (sd / "mmopt_preset.json").write_text(json.dumps(cfg["preset"]))
-        del pipe, unet, vae, text
+    # initialised on the GPU: seconds instead of minutes
+    build_pipeline(ARCHS[arch], sd, seed=0, device=device, dtype=torch.bfloat16)
     if not (taesd / "config.json").is_file():
         with torch.device(device):
             AutoencoderTiny(**cfg["taesd"]).to(torch.bfloat16).save_pretrained(taesd, safe_serialization=True)
@@ -101,14 +92,14 @@ def build_full_models(root: Path, device: str) -> dict:
     return {"sd": sd, "taesd": taesd, "clip": clip}
 
 
-def build_tiny_models() -> dict:
+def build_tiny_models(arch: str) -> dict:
     from mmopt.cache import default_cache_dir
     from mmopt.pipelines.fast import build_tiny_taesd
-    from mmopt.pipelines.tiny import build_tiny_clip, build_tiny_sd
+    from mmopt.pipelines.tiny import build_tiny_clip, build_tiny_sd, build_tiny_sdxl
 
     tiny = default_cache_dir() / "tiny"
-    return {"sd": build_tiny_sd(tiny / "sd"), "clip": build_tiny_clip(tiny / "clip"),
-            "taesd": build_tiny_taesd(tiny / "taesd")}
+    pipe = build_tiny_sdxl(tiny / "sdxl") if arch == "sdxl-turbo" else build_tiny_sd(tiny / "sd")
+    return {"sd": pipe, "clip": build_tiny_clip(tiny / "clip"), "taesd": build_tiny_taesd(tiny / "taesd")}
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -122,18 +113,37 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def unet_inputs(gen, batch: int, device: str) -> tuple:
+    """Latents and keyword arguments for one denoiser call at ``batch``, as the pipeline makes
+    them (SDXL adds the pooled text embedding and the size/crop ids)."""
+    pipe = gen.pipe
+    cfg = pipe.unet.config
+    h, w = int(gen.preset["height"]), int(gen.preset["width"])
+    f = pipe.vae_scale_factor
+    lat = torch.randn(batch, cfg.in_channels, h // f, w // f, device=device, dtype=gen.dtype)
+    kw = dict(encoder_hidden_states=torch.randn(batch, 77, cfg.cross_attention_dim, device=device, dtype=gen.dtype),
+              timestep_cond=None, cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=False)
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled, device=device, dtype=gen.dtype),
+                                   "time_ids": torch.tensor([[h, w, 0, 0, h, w]] * batch, device=device,
+                                                            dtype=gen.dtype)}
+    return lat, kw
+
+
+def text_encoders(pipe) -> list:
+    return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+
+
 def model_flops(gen, scorer, device: str) -> dict:
     """FLOPs per image of each stage, from one forward at batch 1 (they scale linearly with batch)."""
     pipe = gen.pipe
-    h, w = int(gen.preset["height"]), int(gen.preset["width"])
-    f = pipe.vae_scale_factor
-    lat = torch.randn(1, pipe.unet.config.in_channels, h // f, w // f, device=device, dtype=gen.dtype)
-    ctx = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, device=device, dtype=gen.dtype)
+    lat, kw = unet_inputs(gen, 1, device)
     t = torch.tensor([999], device=device)
     ids = torch.randint(0, 49000, (1, 77), device=device)
     unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-    out = {"unet": count_flops(lambda: unet(lat, t, encoder_hidden_states=ctx)),
-           "text": count_flops(lambda: pipe.text_encoder(ids)),
+    out = {"unet": count_flops(lambda: unet(lat, t, **kw)),
+           "text": sum(count_flops(lambda: enc(ids)) for enc in text_encoders(pipe)),
            "vae_decode": count_flops(lambda: pipe.vae.decode(lat / pipe.vae.config.scaling_factor))}
     try:
         tiny = gen._tiny_decoder()
@@ -166,14 +176,9 @@ def measure_matmul_peak(device: str) -> float:
 def unet_throughput(gen, batch: int, device: str, flops_per_image: int, repeats: int = 10) -> dict:
     """The denoiser alone at ``batch`` (as the generator runs it): ms per forward, TFLOP/s."""
     pipe = gen.pipe
-    h, w = int(gen.preset["height"]), int(gen.preset["width"])
-    f = pipe.vae_scale_factor
-    lat = torch.randn(batch, 4, h // f, w // f, device=device, dtype=gen.dtype)
-    ctx = torch.randn(batch, 77, pipe.unet.config.cross_attention_dim, device=device, dtype=gen.dtype)
-    t = torch.tensor(999.0, device=device)
     # called exactly as the pipeline calls it, so a compiled UNet reuses its graph
-    kw = dict(encoder_hidden_states=ctx, timestep_cond=None, cross_attention_kwargs=None,
-              added_cond_kwargs=None, return_dict=False)
+    lat, kw = unet_inputs(gen, batch, device)
+    t = torch.tensor(999.0, device=device)
     with torch.inference_mode():
         for _ in range(3):
             pipe.unet(lat, t, **kw)
@@ -244,7 +249,7 @@ class StageTimer:
         self.device, self.t = device, {"text": 0.0, "unet": 0.0, "decode": 0.0, "score": 0.0}
         self.undo = []
         pipe = gen.pipe
-        for name, mod in (("text", pipe.text_encoder), ("unet", pipe.unet)):
+        for name, mod in [("text", enc) for enc in text_encoders(pipe)] + [("unet", pipe.unet)]:
             self.undo.append(mod.register_forward_pre_hook(self._pre))
             self.undo.append(mod.register_forward_hook(self._post(name)))
         decoders = [pipe.vae]
@@ -357,6 +362,7 @@ def main() -> None:
     global STEPS, GUIDANCE, SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="sd-turbo", help="architecture of the generator")
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=5, help="iterations after the original prompt")
@@ -368,7 +374,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     from mmopt.registry import create
 
@@ -377,7 +383,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     tmp = Path(tempfile.mkdtemp(prefix="mmopt-bench-"))
-    paths = build_tiny_models() if device == "cpu" else build_full_models(Path(args.root or tmp / "models"), device)
+    paths = build_tiny_models(args.arch) if device == "cpu" else build_full_models(
+        Path(args.root or tmp / "models"), device, args.arch)
     dtype = "fp32" if device == "cpu" else "bf16"
     max_batch = args.max_batch if args.max_batch == "auto" else int(args.max_batch)
     if device == "cpu" and max_batch == "auto":
@@ -388,10 +395,11 @@ def main() -> None:
     seeds = list(range(args.seeds))
     images = args.seeds * (1 + args.iterations * args.candidates)
     report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                    "torch": torch.__version__, "work": {"candidates": args.candidates, "seeds": args.seeds,
+                    "torch": torch.__version__, "arch": args.arch + (" (tiny)" if device == "cpu" else ""),
+                    "work": {"candidates": args.candidates, "seeds": args.seeds,
                                                          "iterations": args.iterations, "images": images,
                                                          "size": SIZE, "steps": STEPS, "dtype": dtype}}
-    log(f"device {report['device']}; work: {images} images ({args.iterations} iterations x {args.candidates} "
+    log(f"device {report['device']}; {report['arch']}; work: {images} images ({args.iterations} iterations x {args.candidates} "
         f"candidates x {args.seeds} seeds + the original), {SIZE} px, {STEPS} step(s), {dtype}")
 
     # the default scorer preprocesses on the device on a GPU (Generation.pixels); the naive loop
@@ -407,7 +415,7 @@ def main() -> None:
 
     # (a) the naive loop, on a plain pipeline (no fast paths), warmed up first
     if not args.skip_naive:
-        naive_pipe = StableDiffusionPipeline.from_pretrained(
+        naive_pipe = DiffusionPipeline.from_pretrained(
             str(paths["sd"]), torch_dtype=torch.float32 if device == "cpu" else torch.bfloat16).to(device)
         naive_pipe.set_progress_bar_config(disable=True)
         (tmp / "naive").mkdir()

@@ -426,9 +426,7 @@ class DiffusersGenerator:
         decoder = self._tiny_decoder() if tiny else None
         # SD's own decode is vae.decode(latents / scaling_factor) + postprocess: doing it here
         # is the same computation with the uint8 conversion on the device (fast.to_images)
-        if decoder is None and self.pipeline_class == "StableDiffusionPipeline" \
-                and getattr(self.pipe, "_mmopt_memory", "resident") == "resident" \
-                and hasattr(self.pipe, "image_processor"):
+        if decoder is None and fast.decodes_like_the_pipeline(self.pipe, self.pipeline_class):
             decoder = getattr(self.pipe, "vae", None)
         i = 0
         while i < len(prompts):

@@ -245,6 +245,21 @@ def build_tiny_taesd(out_dir: str | Path, config: dict | None = None, seed: int 
     return out
 
 
+def decodes_like_the_pipeline(pipe: Any, pipeline_class: str) -> bool:
+    """Whether :func:`decode_latents` with ``pipe.vae`` computes exactly what the pipeline's own
+    decode and postprocess do: SD, and SDXL when its VAE needs no fp32 upcast and has no
+    latent mean/std; the VAE must be resident (not offloaded)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(pipe, "image_processor") or getattr(pipe, "_mmopt_memory", "resident") != "resident":
+        return False
+    if pipeline_class == "StableDiffusionPipeline":
+        return True
+    if pipeline_class == "StableDiffusionXLPipeline":
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        return not upcast and getattr(vae.config, "latents_mean", None) is None
+    return False
+
+
 def decode_latents(pipe: Any, decoder: Any, latents: torch.Tensor) -> tuple[list, torch.Tensor | None]:
     """Images from SD/SDXL ``latents`` through ``decoder`` (the VAE or an AutoencoderTiny):
     ``(PIL images, uint8 pixels on the device or None)``, as :func:`to_images`."""

@@ -83,9 +83,10 @@ def _is_built(out_dir: Path, fingerprint: str) -> bool:
 
 
 @contextmanager
-def _seeded(seed: int):
-    """Seed torch's CPU RNG for weight init without leaking into the global state."""
-    with torch.random.fork_rng(devices=[]):
+def _seeded(seed: int, device: str = "cpu"):
+    """Seed torch's RNG of ``device`` for weight init without leaking into the global state."""
+    cuda = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 
@@ -191,39 +192,72 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0) -> Path:
 
     >>> path = build_tiny_sd("/tmp/mmopt-tiny/sd", seed=0)   # doctest: +SKIP
     """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    return build_pipeline("tiny_sd", out_dir, seed=seed)
+
+
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Like :func:`build_tiny_sd`, for a tiny SDXL pipeline (two text encoders, pooled-text
+    and size conditioning): the SDXL code path without downloading SDXL.
+
+    >>> path = build_tiny_sdxl("/tmp/mmopt-tiny/sdxl", seed=0)   # doctest: +SKIP
+    """
+    return build_pipeline("tiny_sdxl", out_dir, seed=seed)
+
+
+def build_pipeline(config: str | dict, out_dir: str | Path, seed: int = 0, *, device: str = "cpu",
+                   dtype: Any = None) -> Path:
+    """Build a diffusers pipeline from a config of ``mmopt/assets/configs`` (or its dict) with
+    seeded random weights and save it with its ``mmopt_preset.json``; return the directory.
+
+    A config with ``text_encoder_2`` is an SDXL pipeline, else Stable Diffusion. The
+    full-size ones (``"sd_turbo"``, ``"sdxl_turbo"``) are for timing the architectures;
+    initialise them on the GPU (``device="cuda"``, ``dtype=torch.bfloat16``): seconds
+    instead of minutes. Rebuilding the same config and seed is skipped.
+    """
     import diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     # 1. check inputs; skip work that is already done
     seed = _check_seed(seed)
-    cfg = load_config("tiny_sd")
+    cfg = load_config(config) if isinstance(config, str) else {k: v for k, v in config.items() if k != "_comment"}
     out = Path(out_dir)
-    fingerprint = _fingerprint(cfg, seed)
+    # the tiny CPU builds keep their fingerprint; a device/dtype build is a different one
+    stamp_cfg = cfg if device == "cpu" and dtype is None else {**cfg, "_init": [str(device), str(dtype)]}
+    fingerprint = _fingerprint(stamp_cfg, seed)
     if _is_built(out, fingerprint):
         return out
 
-    # 2. the real CLIP tokenizer
+    # 2. the real CLIP tokenizer (both SDXL tokenizers are the CLIP BPE one)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(clip_tokenizer_dir(tmp))
 
     # 3. seeded random weights; each module from its own seed so changing one
     #    module's config does not change the others' weights
-    with _seeded(seed):
-        unet = UNet2DConditionModel(**cfg["unet"])
-    with _seeded(seed + 1):
-        vae = AutoencoderKL(**cfg["vae"])
-    with _seeded(seed + 2):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    xl = "text_encoder_2" in cfg
+
+    def make(build, offset):
+        with _seeded(seed + offset, device), torch.device(device):
+            module = build()
+        return module.to(dtype) if dtype is not None else module
+
+    unet = make(lambda: UNet2DConditionModel(**cfg["unet"]), 0)
+    vae = make(lambda: AutoencoderKL(**cfg["vae"]), 1)
+    text_encoder = make(lambda: CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])), 2)
     sched_cfg = dict(cfg["scheduler"])
     scheduler = getattr(diffusers, sched_cfg.pop("class"))(**sched_cfg)
 
     # 4. save as a plain diffusers pipeline (no safety checker: random weights)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    if xl:
+        text_encoder_2 = make(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])), 3)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
     _clear_out_dir(out)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "mmopt_preset.json").write_text(json.dumps(cfg["preset"], indent=2))
@@ -293,10 +327,8 @@ def build_random_clip(out_dir: str | Path, arch: str, seed: int = 0, device: str
     fingerprint = _fingerprint({**cfg, "arch": arch, "init_device": str(device).split(":")[0]}, seed)
     if _is_built(out, fingerprint):
         return out
-    with torch.random.fork_rng(devices=[] if device == "cpu" else None):
-        torch.manual_seed(seed)
-        with torch.device(device):
-            model = open_clip.create_model(arch, pretrained=None, device=device)
+    with _seeded(seed, device), torch.device(device):
+        model = open_clip.create_model(arch, pretrained=None, device=device)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     del model
     _clear_out_dir(out)

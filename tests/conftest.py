@@ -6,6 +6,7 @@ real CLIP BPE tokenizer.
 
 Fixtures (session-scoped, so every test file shares one build):
   tiny_sd_dir     Path of a tiny Stable Diffusion pipeline (64 px, 2 steps).
+  tiny_sdxl_dir   Path of a tiny SDXL pipeline (two text encoders; 64 px, 2 steps).
   tiny_clip_dir   Path of a tiny open_clip model (open_clip_config.json + safetensors).
   clip_tok_dir    Path of transformers CLIPTokenizer files (real CLIP BPE).
   tiny_generator  DiffusersGenerator on tiny_sd_dir, loaded through the registry.
@@ -44,6 +45,13 @@ def tiny_sd_dir(tiny_dir_root):
     from mmopt.pipelines.tiny import build_tiny_sd
 
     return build_tiny_sd(tiny_dir_root / "sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tiny_dir_root):
+    from mmopt.pipelines.tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(tiny_dir_root / "sdxl", seed=0)
 
 
 @pytest.fixture(scope="session")

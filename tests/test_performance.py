@@ -51,6 +51,34 @@ def test_generator_decode_matches_the_plain_pipeline(tiny_generator):
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels(ours), ref))
 
 
+def test_sdxl_pipeline_through_the_same_generator(tiny_sdxl_dir, taesd_dir):
+    # the SDXL code path (two text encoders, pooled-text + size conditioning): the generator's
+    # own decode gives exactly the pipeline's images, batch-independent, pixels kept; the tiny
+    # decoder reads SDXL latents too
+    from diffusers import StableDiffusionXLPipeline
+
+    from mmopt.registry import create
+
+    gen = create("generator", f"diffusers:{tiny_sdxl_dir}", max_batch=4)
+    assert gen.pipeline_class == "StableDiffusionXLPipeline" and gen.max_prompt_tokens == 77
+    pipe = StableDiffusionXLPipeline(**gen.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    p = gen.preset
+    ref = pipe(["a red cube", "a dog"], num_inference_steps=p["steps"], guidance_scale=p["guidance"],
+               height=p["height"], width=p["width"],
+               generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+    ours = gen.generate(["a red cube", "a dog"], [0, 1])
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels(ours), ref))
+    assert all(g.pixels is not None for g in ours)
+    # alone, an image is the one it was in a batch (to a rounding step: CPU kernels differ by batch size)
+    alone = pixels(gen.generate(["a dog"], [1]))[0].astype(int)
+    assert np.abs(alone - pixels(ours)[1]).max() <= 2
+    tiny = create("generator", f"diffusers:{tiny_sdxl_dir}", max_batch=4, decoder="tiny", tiny_decoder=str(taesd_dir))
+    [t] = tiny.generate(["a red cube"], [0])
+    assert t.media.size == (64, 64) and t.meta["decoder"] == "tiny"
+    assert not np.array_equal(np.asarray(t.media), pixels(ours)[0])
+
+
 def test_generations_carry_their_pixels_for_scorers_on_the_device(tiny_gen, tiny_generator):
     # both decoders leave a uint8 (3, H, W) copy of each image where it was decoded; it is
     # exactly the PIL image, so a scorer may read either

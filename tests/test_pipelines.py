@@ -315,3 +315,27 @@ def test_cuda_generation_is_deterministic_and_batch_independent(tiny_sd_dir):
     batched_vs_alone = np.abs(pixels(alone) - pixels(first[1])).mean()
     assert batched_vs_alone < 0.2 * np.abs(pixels(other) - pixels(first[1])).mean()
     assert first[0].meta["latency_s"] > 0
+
+
+def test_full_size_configs_are_the_published_architectures():
+    # the benchmark configs build SD-Turbo (SD 2.1) and SDXL-Turbo exactly: parameter counts of
+    # the released checkpoints, counted on the meta device (no memory, no download)
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from mmopt.pipelines.tiny import load_config
+
+    def params(module):
+        return sum(p.numel() for p in module.parameters())
+
+    expected = {"sd_turbo": (865_910_724, [340_387_840]), "sdxl_turbo": (2_567_463_684, [123_060_480, 694_659_840])}
+    for name, (unet_params, text_params) in expected.items():
+        cfg = load_config(name)
+        with torch.device("meta"):
+            assert params(UNet2DConditionModel(**cfg["unet"])) == unet_params
+            assert params(AutoencoderKL(**cfg["vae"])) == 83_653_863
+            texts = [CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))]
+            if "text_encoder_2" in cfg:
+                texts.append(CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])))
+            assert [params(t) for t in texts] == text_params
