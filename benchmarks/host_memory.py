@@ -1,4 +1,4 @@
-"""Host memory across loop iterations: with and without the loop's per-iteration heap trim.
+"""Host memory across loop iterations: the loop's heap trim never, as shipped, and every iteration.
 
 A generator that paints seeded 512 px noise (what random-weight models emit)
 feeds the real Optimizer, store, content cache and CLIPScore (a tiny tower
@@ -7,11 +7,12 @@ Every iteration renders 16 candidates x 4 seeds; RSS is read after each.
 The thread pools are sized as on a 16-core machine (``--threads``), since
 glibc's per-thread arenas are what the trim hands back.
 
-The two ways run in separate processes (RSS is per process), one after the
-other: "trim" is the loop as shipped (``malloc_trim`` on the writer thread
-after each iteration), "no trim" the same loop with that call disabled.
+The three ways run in separate processes (RSS is per process), one after the
+other: "never" disables the trim; "shipped" is the loop as it is
+(``malloc_trim`` on the writer thread once RSS has crept ``HOST_TRIM_MB``
+since the last trim); "every" trims after every iteration.
 
-    python benchmarks/host_memory.py                     # 50 iterations each, ~3 min on 2 cores
+    python benchmarks/host_memory.py                     # 50 iterations each, ~5 min on 2 cores
     python benchmarks/host_memory.py --iterations 20
 """
 from __future__ import annotations
@@ -63,7 +64,10 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(iterations: int, trim: bool, threads: int, root: Path) -> dict:
+MODES = ("never", "shipped", "every")
+
+
+def child(iterations: int, mode: str, threads: int, root: Path) -> dict:
     """One process: the loop for ``iterations`` iterations; RSS after each."""
     import gc
 
@@ -78,8 +82,10 @@ def child(iterations: int, trim: bool, threads: int, root: Path) -> dict:
     from mmopt.registry import create
 
     os.cpu_count = lambda: 2 * threads  # size the CLIP preprocessing pool as on that machine
-    if not trim:
-        optimizer_module.release_free_host_memory = lambda: False
+    if mode == "never":
+        optimizer_module.release_free_host_memory = lambda *args: False
+    elif mode == "every":
+        optimizer_module.HOST_TRIM_MB = 0
     cfg = load_config("tiny_clip")
     cfg["model_cfg"]["vision_cfg"].update(image_size=224, patch_size=32)
     clip = root / "clip"
@@ -103,7 +109,7 @@ def child(iterations: int, trim: bool, threads: int, root: Path) -> dict:
                     workers=threads)
     t0 = time.perf_counter()
     opt.run(INTENT)
-    return {"trim": trim, "seconds": time.perf_counter() - t0, "rss_mb": rss}
+    return {"mode": mode, "seconds": time.perf_counter() - t0, "rss_mb": rss}
 
 
 def summary(rss: list[float]) -> dict:
@@ -117,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--threads", type=int, default=8, help="PNG workers and CLIP preprocessing threads")
-    ap.add_argument("--child", choices=("trim", "no-trim"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.iterations < 25:
         ap.error("--iterations must be >= 25 (the plateau is read from iteration 5 on)")
@@ -126,25 +132,21 @@ def main() -> None:
 
     if args.child:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(child(args.iterations, args.child == "trim", args.threads, Path(tmp))))
+            print(json.dumps(child(args.iterations, args.child, args.threads, Path(tmp))))
         return
 
     results = {}
-    for mode in ("no-trim", "trim"):
+    for mode in MODES:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--iterations", str(args.iterations),
                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{args.iterations} iterations x 64 images of 512 px, {args.threads} PNG workers and preprocessing threads")
+    never = results["never"]
     for mode, r in results.items():
         s = summary(r["rss_mb"])
-        print(f"{mode:8s} RSS after iteration 1 {r['rss_mb'][0]:.0f} MiB; plateau {s['plateau_start']:.0f} -> "
+        print(f"trim {mode:8s} RSS after iteration 1 {r['rss_mb'][0]:.0f} MiB; plateau {s['plateau_start']:.0f} -> "
               f"{s['plateau_end']:.0f} MiB ({s['growth']:+.0f}, {s['per_iteration']:+.2f} MiB/iteration); "
-              f"{r['seconds']:.0f} s")
-    a, b = summary(results["no-trim"]["rss_mb"]), summary(results["trim"]["rss_mb"])
-    print(f"plateau with the trim / without: {b['plateau_end'] / a['plateau_end']:.2f} "
-          f"({b['plateau_end'] - a['plateau_end']:+.0f} MiB); loop time ratio "
-          f"{results['trim']['seconds'] / results['no-trim']['seconds']:.2f}")
-
+              f"{r['seconds']:.0f} s = x{r['seconds'] / never['seconds']:.2f} the time without trimming")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ Invariants the loop keeps (DESIGN.md):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -39,11 +40,20 @@ log = logging.getLogger("mmopt")
 
 Callback = Callable[..., None]
 
+# Host RSS growth (MiB, read after each iteration) that makes the loop trim the heap
+# (mmopt.device.release_free_host_memory): once per that much creep, never on a plateau.
+HOST_TRIM_MB = 64
+
 
 def _merge_info(into: dict, extra: dict) -> None:
     """Add a lookahead proposal's LLM calls and failures to the run's tally."""
     into["llm_calls"] += extra["llm_calls"]
     into["failures"].extend(extra["failures"])
+
+
+def _without_pixels(g: Generation) -> Generation:
+    """``g`` without its device copy of the image (``media`` stays): what is kept past scoring."""
+    return g if g.pixels is None else dataclasses.replace(g, pixels=None)
 
 
 def derive_seed(base: int, *parts: Any) -> int:
@@ -329,8 +339,8 @@ class Optimizer:
                         self._emit("trial", trial=trial, run_id=run_id)
                 state_info["images"] = len(trials) * len(self.seeds)
                 if getattr(self, "_writer", None) is not None:
-                    # hand the iteration's freed image buffers back to the OS, off the main thread
-                    self._writer.submit(release_free_host_memory)
+                    # hand freed image buffers back to the OS (off the main thread) once they add up
+                    self._writer.submit(release_free_host_memory, HOST_TRIM_MB)
 
                 # 6. bookkeeping: trajectory of the best feasible objective, early stopping
                 best = self._best(trials)
@@ -551,7 +561,7 @@ class Optimizer:
         return result
 
     def _stream(self, prompts: list[str], seeds: list[int]):
-        """Yield the generator's output chunk by chunk.
+        """Yield the generator's output chunk by chunk (``generate_chunks`` when it has one).
 
         With ``overlap`` and a generator that has ``generate_chunks``, a producer
         thread renders chunk i+1 while the caller scores chunk i; the queue holds
@@ -559,11 +569,17 @@ class Optimizer:
         """
         chunks = getattr(self.generator, "generate_chunks", None)
         if not self.overlap or not callable(chunks):
-            t0 = time.perf_counter()
-            out = list(self.generator.generate(prompts, seeds))
-            self.timings["generate"] += time.perf_counter() - t0
-            yield out
-            return
+            # serial: chunk i is scored before chunk i+1 renders, so only one chunk's images
+            # (and their device copies) are in flight; a generator without chunks is one chunk
+            source = chunks(prompts, seeds) if callable(chunks) else (self.generator.generate(prompts, seeds)
+                                                                       for _ in range(1))
+            while True:
+                t0 = time.perf_counter()
+                chunk = next(source, None)
+                self.timings["generate"] += time.perf_counter() - t0
+                if chunk is None:
+                    return
+                yield list(chunk)
         q: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
 
@@ -700,9 +716,11 @@ class Optimizer:
                 for i, g in zip(idxs, chunk):
                     gens[i] = g
                     pngs[i] = pool.submit(media_to_pngs, g.media)
-                    writer.submit(self._put_generation, keys[i], g, pngs[i])
+                    writer.submit(self._put_generation, keys[i], _without_pixels(g), pngs[i])
                 t_render = time.perf_counter() - t_start - (t_score - t_scored_before)
                 score_ready(idxs)
+                for i in idxs:  # scored: device copies are no longer needed (only one chunk's stay alive)
+                    gens[i] = _without_pixels(gens[i])
                 commit_ready()
         finally:
             stream.close()  # stops the producer thread, on errors too

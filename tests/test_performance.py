@@ -320,3 +320,40 @@ def test_pixels_stay_on_the_gpu_and_score_like_the_pil_path(tiny_sd_dir, taesd_d
     host = CLIPScoreScorer(str(tiny_clip_dir), preprocess="pil")
     for a, b in zip(on_device.score(gens, INTENT), host.score(gens, INTENT)):
         assert a.details["cosine"] == pytest.approx(b.details["cosine"], abs=0.02)
+
+
+def test_the_loop_scores_device_pixels_and_lets_them_go(tiny_generator, tiny_clip_dir, tmp_path):
+    # a scorer in tensor mode reads each new image's pixels; once scored, nothing the loop keeps
+    # (trials, cache and store writes) holds the device copies any more
+    import gc
+    import weakref
+
+    from mmopt.scorers.clip import CLIPScoreScorer
+
+    class Watching(Counting):
+        refs: list = []
+
+        def generate_chunks(self, prompts, seeds):
+            for chunk in super().generate_chunks(prompts, seeds):
+                self.refs += [weakref.ref(g.pixels) for g in chunk]
+                yield chunk
+
+    class Recording(CLIPScoreScorer):
+        with_pixels: list = []
+        earlier_alive: list = []  # per call: device copies of earlier chunks still held
+
+        def score(self, generations, intent):
+            self.with_pixels += [g.pixels is not None for g in generations]
+            gc.collect()
+            mine = {id(g.pixels) for g in generations}
+            self.earlier_alive.append(sum(1 for r in Watching.refs if r() is not None and id(r()) not in mine))
+            return super().score(generations, intent)
+
+    clip = Recording(str(tiny_clip_dir), device="cpu", preprocess="tensor")
+    gen = Watching(tiny_generator)  # batches of 4: the 6 images of iteration 1 come in two chunks
+    _, result = run_loop(gen, clip, tmp_path)
+    assert len(Watching.refs) == gen.images == len(result.trials) * 2 == 8
+    assert Recording.with_pixels == [True] * 8
+    assert Recording.earlier_alive == [0, 0, 0]
+    gc.collect()
+    assert all(ref() is None for ref in Watching.refs)
