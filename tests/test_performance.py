@@ -36,17 +36,21 @@ def pixels(gens):
 # --------------------------------------------------------------------------- generator switches
 
 
+def plain_pipeline_images(gen, pipeline_class, prompts, seeds):
+    """What diffusers' own pipeline class renders with ``gen``'s modules and preset."""
+    pipe = pipeline_class(**gen.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    p = gen.preset
+    return pipe(prompts, num_inference_steps=p["steps"], guidance_scale=p["guidance"], height=p["height"],
+                width=p["width"], generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+
+
 def test_generator_decode_matches_the_plain_pipeline(tiny_generator):
     # the generator decodes SD latents itself (uint8 on the device): same pixels as diffusers'
     # own decode and postprocess, called on the same modules
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(**tiny_generator.pipe.components)
-    pipe.set_progress_bar_config(disable=True)
-    p = tiny_generator.preset
-    ref = pipe(["a red cube", "a dog"], num_inference_steps=p["steps"], guidance_scale=p["guidance"],
-               height=p["height"], width=p["width"],
-               generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+    ref = plain_pipeline_images(tiny_generator, StableDiffusionPipeline, ["a red cube", "a dog"], [0, 1])
     ours = tiny_generator.generate(["a red cube", "a dog"], [0, 1])
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels(ours), ref))
 
@@ -61,12 +65,7 @@ def test_sdxl_pipeline_through_the_same_generator(tiny_sdxl_dir, taesd_dir):
 
     gen = create("generator", f"diffusers:{tiny_sdxl_dir}", max_batch=4)
     assert gen.pipeline_class == "StableDiffusionXLPipeline" and gen.max_prompt_tokens == 77
-    pipe = StableDiffusionXLPipeline(**gen.pipe.components)
-    pipe.set_progress_bar_config(disable=True)
-    p = gen.preset
-    ref = pipe(["a red cube", "a dog"], num_inference_steps=p["steps"], guidance_scale=p["guidance"],
-               height=p["height"], width=p["width"],
-               generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+    ref = plain_pipeline_images(gen, StableDiffusionXLPipeline, ["a red cube", "a dog"], [0, 1])
     ours = gen.generate(["a red cube", "a dog"], [0, 1])
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels(ours), ref))
     assert all(g.pixels is not None for g in ours)
