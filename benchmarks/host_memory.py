@@ -59,11 +59,6 @@ class NoiseGenerator:
         return {"name": "noise", "size": self.size}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 MODES = ("never", "shipped", "every")
 
 
@@ -76,6 +71,7 @@ def child(iterations: int, mode: str, threads: int, root: Path) -> dict:
     from safetensors.torch import save_file
 
     import mmopt.optimizer as optimizer_module
+    from mmopt.device import host_rss_mb
     from mmopt.optimizer import Budget, Optimizer
     from mmopt.pipelines.tiny import load_config
     from mmopt.proposers.fixed import FixedProposer
@@ -102,7 +98,7 @@ def child(iterations: int, mode: str, threads: int, root: Path) -> dict:
     def after_iteration(event, **info):
         if event == "iteration":
             gc.collect()
-            rss.append(_rss_mb())
+            rss.append(host_rss_mb())
 
     opt = Optimizer(NoiseGenerator(512), [scorer], FixedProposer(schedule), budget=Budget(iterations=iterations + 1),
                     candidates=16, seeds=[0, 1, 2, 3], store=root / "store", callbacks=[after_iteration],

@@ -345,11 +345,11 @@ def _slope(xs: list, ys: list) -> float:
 
 
 def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """RSS now (Linux); elsewhere the peak RSS, the closest the platform reports."""
+    from mmopt.device import host_rss_mb
+
+    rss = host_rss_mb()
+    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- main

@@ -105,19 +105,21 @@ def release_free_host_memory(min_growth_mb: float = 0.0) -> bool:
     if _LIBC is False:
         return False
     if min_growth_mb > 0:
-        rss = _rss_mb()
+        rss = host_rss_mb()
         if rss is None:
             return False
-        if _TRIM_BASELINE_MB is None or rss - _TRIM_BASELINE_MB < min_growth_mb:
-            _TRIM_BASELINE_MB = rss if _TRIM_BASELINE_MB is None else _TRIM_BASELINE_MB
+        if _TRIM_BASELINE_MB is None:  # the first call only sets the baseline
+            _TRIM_BASELINE_MB = rss
+            return False
+        if rss - _TRIM_BASELINE_MB < min_growth_mb:
             return False
         _TRIM_BASELINE_MB = rss
     _LIBC.malloc_trim(0)
     return True
 
 
-def _rss_mb() -> float | None:
-    """This process's resident memory in MiB (Linux), else None."""
+def host_rss_mb() -> float | None:
+    """This process's resident memory now, in MiB (Linux), else None."""
     import os
 
     try:
@@ -125,6 +127,12 @@ def _rss_mb() -> float | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return None
+
+
+def compile_in_place(module: Any, mode: str) -> None:
+    """``torch.compile`` ``module``'s forward in place, for one static input shape (the loop
+    pads batches to one size), letting graph breaks fall back to eager."""
+    module.compile(mode=mode, fullgraph=False, dynamic=False)
 
 
 def check_compile_mode(compile: Any) -> str | None:

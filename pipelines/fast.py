@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from mmopt.device import check_compile_mode
+from mmopt.device import check_compile_mode, compile_in_place
 
 DECODERS = ("full", "tiny")
 ATTENTION = ("sdpa", "eager")
@@ -178,7 +178,7 @@ def apply_fast_paths(pipe: Any, opts: dict) -> None:
     if opts["compile"] is not None:
         for module in (net, getattr(getattr(pipe, "vae", None), "decoder", None)):
             if isinstance(module, torch.nn.Module):
-                module.compile(mode=opts["compile"], fullgraph=False, dynamic=False)
+                compile_in_place(module, opts["compile"])
     pipe._mmopt_fast = dict(opts)
 
 
@@ -217,7 +217,7 @@ def load_tiny_decoder(source: str, dtype, device: str, *, timeout: float = 10.0,
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile is not None:
-        model.decoder.compile(mode=compile, fullgraph=False, dynamic=False)
+        compile_in_place(model.decoder, compile)
     _TINY[key] = model
     return model
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmopt.device import check_compile_mode, dtype_name, pick_device, pick_dtype
+from mmopt.device import check_compile_mode, compile_in_place, dtype_name, pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
 from mmopt.hub import check_hub_repo, is_offline, local_dir_fingerprint
 from mmopt.types import Generation, Score
@@ -274,7 +274,7 @@ def _compile_tower(model: Any, mode: str) -> None:
     """``torch.compile`` the image tower of a loaded model in place, once."""
     done = getattr(model.visual, "_mmopt_compile", None)
     if done is None:
-        model.visual.compile(mode=mode, fullgraph=False, dynamic=False)
+        compile_in_place(model.visual, mode)
         model.visual._mmopt_compile = mode
     elif done != mode:
         warnings.warn(f"the image tower is already compiled with mode {done!r}; keeping it (asked: {mode!r})",
