@@ -83,11 +83,13 @@ def test_same_run_twice_gives_same_result(tiny_generator, tiny_clip, smollm2, re
     assert _summary(again) == _summary(reference_run)
 
 
-def test_interrupted_run_resumes_to_the_same_result(tiny_generator, tiny_clip, smollm2, reference_run, tmp_path):
-    def ctrl_c_after_two_trials(event, **info):
-        if event == "trial" and info["trial"].index == 1:
-            raise KeyboardInterrupt
+def ctrl_c_after_two_trials(event, **info):
+    """A callback that interrupts the run (as Ctrl-C would) once trial 1 is finished."""
+    if event == "trial" and info["trial"].index == 1:
+        raise KeyboardInterrupt
 
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_generator, tiny_clip, smollm2, reference_run, tmp_path):
     calls = []
     counting = _CountingGenerator(tiny_generator, calls)
     with pytest.raises(KeyboardInterrupt):
@@ -322,15 +324,11 @@ def test_lookahead_with_the_embedded_llm_is_deterministic_and_resumes(tiny_gener
     assert [t for t in first.trials if t.iteration > 0], f"no rewrite: {first.failures}"
     assert first.llm_calls >= 2
 
-    def stop_in_iteration_1(event, **info):
-        if event == "trial" and info["trial"].index == 1:
-            raise KeyboardInterrupt
-
     calls = []
     counting = _CountingGenerator(tiny_generator, calls)
     with pytest.raises(KeyboardInterrupt):
         _opt(counting, tiny_clip, OPT2IProposer(smollm2), tmp_path / "b", lookahead=True,
-             callbacks=[stop_in_iteration_1]).run(INTENT)
+             callbacks=[ctrl_c_after_two_trials]).run(INTENT)
     resumed = _opt(counting, tiny_clip, OPT2IProposer(smollm2), tmp_path / "b", lookahead=True).run(INTENT)
     assert _summary(resumed) == _summary(first)
     assert sum(calls) == len(first.trials) * 2  # every image rendered once across both processes
