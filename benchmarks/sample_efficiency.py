@@ -116,57 +116,54 @@ def run_prompt(prompt: str, method: str, args, components: dict) -> dict:
             "llm_calls": result.llm_calls, "seconds": round(time.time() - t0, 1)}
 
 
+def _at(recs: list[dict], budget: int, value) -> list[float]:
+    """``value(record, row)`` for every record's row at ``budget``."""
+    return [value(r, row) for r in recs for row in r["rows"] if row["budget"] == budget]
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (0 for a single value)."""
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), se
+
+
 def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tuple[str, dict]:
     """Markdown table (mean +- standard error over prompts) and the curve data."""
+    by_method = {m: [r for r in records if r["method"] == m] for m in methods}
+    searched = {m: recs for m, recs in by_method.items() if m != "best-of-N" and recs}  # the optimizers run
     curves: dict = {}
     lines = ["| method | " + " | ".join(f"{b} images: held-out DSG" for b in budgets) + " | prompts |",
              "|---" * (len(budgets) + 2) + "|"]
-    for m in methods:
-        recs = [r for r in records if r["method"] == m]
+    for m, recs in by_method.items():
         if not recs:
             continue
-        cells, ys = [], []
-        for b in budgets:
-            vals = [row["heldout"] for r in recs for row in r["rows"] if row["budget"] == b]
-            mean = statistics.fmean(vals)
-            sem = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
-            cells.append(f"{mean:.3f} ± {sem:.3f}")
-            ys.append((mean, sem))
+        ys = [_mean_se(_at(recs, b, lambda r, row: row["heldout"])) for b in budgets]
         curves[m] = ys
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {len(recs)} |")
+        lines.append(f"| {m} | " + " | ".join(f"{mean:.3f} ± {se:.3f}" for mean, se in ys) + f" | {len(recs)} |")
     base = [r for r in records if r["method"] == "best-of-N"]
     if base:
-        cells = []
-        for b in budgets:
-            vals = [row["best_image"] for r in base for row in r["rows"] if row["budget"] == b]
-            cells.append(f"{statistics.fmean(vals):.3f}")
+        cells = [f"{statistics.fmean(_at(base, b, lambda r, row: row['best_image'])):.3f}" for b in budgets]
         lines.append("| best-of-N: best single image in search | " + " | ".join(cells) + f" | {len(base)} |")
         lines += ["", "Paired difference from best-of-N on the same prompts (method - baseline, mean ± s.e.):", "",
                   "| method | " + " | ".join(f"{b} images" for b in budgets) + " | wins / ties / losses at "
                   f"{budgets[-1]} | prompts |", "|---" * (len(budgets) + 3) + "|"]
         held = {(r["prompt"], row["budget"]): row["heldout"] for r in base for row in r["rows"]}
-        for m in methods:
-            recs = [r for r in records if r["method"] == m != "best-of-N"
-                    and all((r["prompt"], b) in held for b in budgets)]
+        for m, recs in searched.items():
+            recs = [r for r in recs if all((r["prompt"], b) in held for b in budgets)]
             if not recs:
                 continue
-            cells = []
-            for b in budgets:
-                diffs = [row["heldout"] - held[(r["prompt"], b)] for r in recs for row in r["rows"] if row["budget"] == b]
-                sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-                cells.append(f"{statistics.fmean(diffs):+.3f} ± {sem:.3f}")
-            # diffs now holds the largest budget's differences (budgets are sorted)
-            wtl = (sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs))
+            diffs = {b: _at(recs, b, lambda r, row: row["heldout"] - held[(r["prompt"], row["budget"])])
+                     for b in budgets}
+            cells = [f"{mean:+.3f} ± {se:.3f}" for mean, se in (_mean_se(diffs[b]) for b in budgets)]
+            last = diffs[budgets[-1]]
+            wtl = (sum(d > 1e-9 for d in last), sum(abs(d) <= 1e-9 for d in last), sum(d < -1e-9 for d in last))
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {wtl[0]} / {wtl[1]} / {wtl[2]} | {len(recs)} |")
     # The winner's curse: the chosen prompt's score on the search seeds minus its held-out score.
     lines += ["", "Optimism of the search (DSG of the chosen prompt on the search seeds - on held-out seeds):", "",
               "| method | " + " | ".join(f"{b} images" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
-    for m in methods:
-        recs = [r for r in records if r["method"] == m and m != "best-of-N"]
-        if recs:
-            gaps = [statistics.fmean(row["search"] - row["heldout"] for r in recs for row in r["rows"]
-                                     if row["budget"] == b) for b in budgets]
-            lines.append(f"| {m} | " + " | ".join(f"{g:+.3f}" for g in gaps) + " |")
+    for m, recs in searched.items():
+        gaps = [statistics.fmean(_at(recs, b, lambda r, row: row["search"] - row["heldout"])) for b in budgets]
+        lines.append(f"| {m} | " + " | ".join(f"{g:+.3f}" for g in gaps) + " |")
     return "\n".join(lines) + "\n", curves
 
 
