@@ -118,16 +118,13 @@ def main() -> None:
 
     # 2. speed, with the trained tower and with a ViT-B-32-sized one (224 px input)
     vit_b = build_random_clip(default_cache_dir() / "random" / "ViT-B-32", "ViT-B-32", seed=args.seed)
-    towers = {"offline:clip (64 px)": lambda mode: offline[mode],
-              "ViT-B-32 random (224 px)": lambda mode: CLIPScoreScorer(str(vit_b), device=args.device,
-                                                                       preprocess=mode, batch_size=args.images)}
-    for label, make in towers.items():
-        seconds = {mode: time_score(make(mode), gens, intent, args.repeats) for mode in ("pil", "tensor")}
+    vit = {mode: CLIPScoreScorer(str(vit_b), device=args.device, preprocess=mode, batch_size=args.images)
+           for mode in ("pil", "tensor")}
+    for label, scorers in (("offline:clip (64 px)", offline), ("ViT-B-32 random (224 px)", vit)):
+        seconds = {mode: time_score(scorer, gens, intent, args.repeats) for mode, scorer in scorers.items()}
         print(f"{label}: pil {args.images / seconds['pil']:.1f} images/s, tensor "
               f"{args.images / seconds['tensor']:.1f} images/s, ratio tensor/pil x{seconds['pil'] / seconds['tensor']:.2f}")
-    vit_scores = {mode: CLIPScoreScorer(str(vit_b), device=args.device, preprocess=mode,
-                                        batch_size=args.images).score(gens, intent) for mode in ("pil", "tensor")}
-    agree_b = agreement(vit_scores["pil"], vit_scores["tensor"], args.group)
+    agree_b = agreement(vit["pil"].score(gens, intent), vit["tensor"].score(gens, intent), args.group)
     print(f"ViT-B-32 random: max |CLIPScore pil - tensor| {agree_b['max_abs_diff']:.4f}; same best in "
           f"{agree_b['same_best']}/{agree_b['groups']} groups (random weights: cosines carry little signal)")
 
