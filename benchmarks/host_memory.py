@@ -43,11 +43,12 @@ class NoiseGenerator:
         from PIL import Image
 
         from mmopt.cache import content_key
-        from mmopt.types import Generation
+        from mmopt.types import Candidate, Generation
 
         out = []
         for p, s in zip(prompts, seeds):
-            rng = np.random.default_rng(int(content_key(p, s)[:8], 16))
+            p = Candidate.of(p)
+            rng = np.random.default_rng(int(content_key(p.text, s)[:8], 16))
             pixels = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
             out.append(Generation(p, s, Image.fromarray(pixels), {}))
         return out
@@ -55,8 +56,8 @@ class NoiseGenerator:
     def count_tokens(self, prompt):
         return len(prompt.split())
 
-    def cache_key(self):
-        return {"name": "noise", "size": self.size}
+    def config(self):
+        return {"component": "noise", "size": self.size}
 
 
 MODES = ("never", "shipped", "every")

@@ -62,7 +62,7 @@ def run_once(prompt: str, lookahead: bool, llm, threads: tuple[int, int], args) 
     torch.set_num_threads(threads[1])
     gen = registry.create("generator", "offline:t2i", max_batch=64)
     dsg = registry.create("scorer", "offline:dsg")
-    proposer = registry.create("proposer", "opt2i", reuse=False, llm=llm, history_k=10)
+    proposer = registry.create("proposer", "opt2i", reuse=False, llm=llm)
     opt = Optimizer(gen, [dsg], proposer, seeds=args.seeds, candidates=args.candidates, cache=Cache(":memory:"),
                     seed=0, budget=Budget(iterations=args.iterations + 1), lookahead=lookahead)
     t0 = time.perf_counter()

@@ -96,7 +96,7 @@ def run_prompt(prompt: str, method: str, args, components: dict) -> dict:
 
     proposer_name, strategy_name = method.split("/")
     if proposer_name == "opt2i":
-        proposer = registry.create("proposer", "opt2i", reuse=False, llm=components["llm"], history_k=10)
+        proposer = registry.create("proposer", "opt2i", reuse=False, llm=components["llm"])
     else:
         proposer = registry.create("proposer", "rules", reuse=False)
     strategy = registry.create("strategy", "topk:10" if strategy_name == "topk" else "beam:3", reuse=False)

@@ -1,155 +1,83 @@
-"""Command line: ``mmopt optimize``, ``mmopt runs``, ``mmopt demo``.
+"""Command line: ``mmopt <command>``; each command is one module in ``mmopt.commands``.
 
     mmopt optimize "a red cube on a blue sphere" --preset turbo --iterations 8
     mmopt runs --out runs/              # list runs; `mmopt runs RUN_ID` shows one
     mmopt demo                          # the whole loop offline, writes an HTML page
 
-Re-running the same ``optimize`` command with the same ``--out`` resumes the
-run (the run id is a hash of the prompt and the configuration): finished
-trials are read back, nothing is recomputed.
+A command module has ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; a new command is a new module plus a row in
+``COMMANDS``. Importing a command module must stay light (no torch): models
+load inside ``run``.
+
+Exit codes: 0 done; 1 a model, store or LLM failure (one line, no traceback;
+``MMOPT_DEBUG=1`` shows it); 2 bad input (one line: what was received, what
+was expected); 75 the LLM could not be reached (the run is stored as
+interrupted: run the same command again to resume); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
-from pathlib import Path
+
+# command -> module (configs as data: one row per command)
+COMMANDS: dict[str, str] = {
+    "optimize": "mmopt.commands.optimize",
+    "demo": "mmopt.commands.demo",
+    "runs": "mmopt.commands.runs",
+}
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_LLM_UNAVAILABLE = 75  # EX_TEMPFAIL: try again later
+EXIT_INTERRUPTED = 130
 
 
-def _progress_callback(total_iterations: int):
-    """A tqdm bar over iterations that shows the best objective so far."""
-    from tqdm import tqdm
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), not the usage block."""
 
-    bar = tqdm(total=total_iterations, unit="iter", desc="optimizing", file=sys.stderr, dynamic_ncols=True)
-
-    def callback(event, **info):
-        if event == "iteration":
-            bar.update(1)
-            bar.set_postfix(best=f"{info['best'].objective:.3f}", trials=len(info["trials"]))
-        elif event == "done":
-            bar.close()
-
-    return callback
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
-    p.add_argument("--preset", default=default_preset, help="preset name (turbo, offline) or JSON path")
-    p.add_argument("--generator", help="generator registry name, e.g. diffusers:stabilityai/sd-turbo")
-    p.add_argument("--scorer", action="append", dest="scorers",
-                   help="scorer registry name (repeatable), e.g. clip:ViT-B-32/openai")
-    p.add_argument("--llm", help="LLM registry name: smollm2, gguf:/path.gguf, hf:ORG/MODEL, openai:MODEL@URL")
-    p.add_argument("--proposer", help="proposer registry name (opt2i, rules)")
-    p.add_argument("--iterations", type=int, help="iterations including the original prompt's (iteration 0)")
-    p.add_argument("--candidates", type=int, help="new prompts per iteration")
-    p.add_argument("--seeds", type=int, help="images per prompt (search seeds 0..S-1)")
-    p.add_argument("--max-images", type=int, dest="max_images", help="stop after this many images")
-    p.add_argument("--patience", type=int, help="stop after this many iterations without gain")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the proposer (default 0)")
-    p.add_argument("--lookahead", action="store_true", default=None,
-                   help="the LLM writes the next iteration's prompts while this one renders "
-                        "(from a history one iteration older)")
-    p.add_argument("--protect", action="append", default=[], help="a word or span every rewrite must keep")
-    p.add_argument("--run-id", dest="run_id", help="name the run (default: hash of prompt + config)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def cmd_optimize(args) -> int:
-    from mmopt.apps.report import write_report
-    from mmopt.presets import build_optimizer, load_preset
-    from mmopt.store import Store
-
-    preset = load_preset(args.preset)
-    store = Store(args.out)
-    callbacks = [] if args.no_progress else [_progress_callback(args.iterations or preset.get("iterations", 5))]
-    opt = build_optimizer(
-        preset, store=store, seed=args.seed, callbacks=callbacks, protected=args.protect,
-        generator=args.generator, scorers=args.scorers, llm=args.llm, proposer=args.proposer,
-        iterations=args.iterations, candidates=args.candidates, seeds=args.seeds,
-        max_images=args.max_images, patience=args.patience, lookahead=args.lookahead,
-    )
-    result = opt.run(args.prompt, run_id=args.run_id)
-    report = write_report(store, result.run_id)
-    print(f"run:       {result.run_id} ({result.stopped}; {len(result.trials)} trials, {result.images} images, "
-          f"{result.wall_time_s:.1f} s)")
-    print(f"original:  {result.original.prompt}")
-    print(f"           objective {result.original.objective:.4f}  " + _fmt_scores(result.original.scores))
-    print(f"best:      {result.best.prompt}")
-    print(f"           objective {result.best.objective:.4f}  " + _fmt_scores(result.best.scores))
-    print(f"gain:      {result.gain:+.4f} (on the search seeds)")
-    if result.failures:
-        print(f"note:      {len(result.failures)} proposer failure(s) recorded; the best so far was kept")
-    print(f"report:    {report}")
-    return 0
-
-
-def _fmt_scores(scores: dict) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in scores.items())
-
-
-def cmd_runs(args) -> int:
-    from mmopt.store import Store
-
-    if not (Path(args.out) / "mmopt.sqlite").exists():
-        print(f"no runs in {args.out} (no mmopt.sqlite there)")
-        return 1
-    store = Store(args.out)
-    if args.run_id:
-        run = store.get_run(args.run_id)
-        print(json.dumps({k: v for k, v in run.items() if k != "config"}, indent=2))
-        for t in store.load_trials(args.run_id):
-            flag = "" if t.feasible else "  [infeasible]"
-            print(f"  it{t.iteration} #{t.index:<3} {t.objective:.4f}  {t.prompt}{flag}")
-        return 0
-    runs = store.list_runs()
-    if not runs:
-        print(f"no runs in {args.out}")
-    for r in runs:
-        s = r["summary"] or {}
-        gain = f"gain {s['gain']:+.4f}" if "gain" in s else ""
-        print(f"{r['run_id']}  {r['status']:<11} {r['trials']:>3} trials  {gain:<14} {r['intent']}")
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mmopt", description="Optimize prompts for generative vision models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmopt", description="Optimize prompts for generative vision models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from mmopt.errors import LLMUnavailableError, MmoptError
 
-    p = sub.add_parser("optimize", help="optimize one prompt")
-    p.add_argument("prompt")
-    p.add_argument("--out", default="runs", help="output folder (store + media); default ./runs")
-    _add_run_options(p, "turbo")
-
-    p = sub.add_parser("demo", help="run the whole loop offline on the project's own small models")
-    p.add_argument("--prompt", default=None, help="prompt to optimize (default: a ShapesWorld scene)")
-    p.add_argument("--out", default="runs-demo", help="output folder; default ./runs-demo")
-    _add_run_options(p, "offline")
-
-    p = sub.add_parser("runs", help="list stored runs, or show one")
-    p.add_argument("run_id", nargs="?")
-    p.add_argument("--out", default="runs", help="output folder; default ./runs")
-
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    debug = bool(os.environ.get("MMOPT_DEBUG"))
     try:
-        if args.command == "runs":
-            return cmd_runs(args)
-        if args.command == "demo" and args.prompt is None:
-            from mmopt.demo import DEMO_PROMPT
-            args.prompt = DEMO_PROMPT
-        return cmd_optimize(args)
+        return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are stored; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except LLMUnavailableError as e:
+        if debug:
+            raise
+        print(f"mmopt: the LLM is unavailable: {e}\nmmopt: the run is stored as interrupted; run the same "
+              "command again to resume once it is back", file=sys.stderr)
+        return EXIT_LLM_UNAVAILABLE
     except (ValueError, TypeError) as e:
+        if debug:
+            raise
         print(f"mmopt: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # model/LLM failures: say what failed, keep the traceback for -v users
-        from mmopt.errors import MmoptError
-
-        if isinstance(e, (MmoptError, ImportError)) and not os.environ.get("MMOPT_DEBUG"):
-            print(f"mmopt: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-        raise
+        return EXIT_BAD_INPUT
+    except (MmoptError, ImportError, OSError) as e:
+        if debug:
+            raise
+        print(f"mmopt: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -14,7 +14,18 @@ class ModelLoadError(MmoptError):
 
 
 class LLMError(MmoptError):
-    """An LLM backend failed (HTTP error after retries, no usable reply)."""
+    """An LLM backend failed on a request (a reply it could not give, a bad request)."""
+
+
+class LLMUnavailableError(LLMError):
+    """The LLM cannot be reached at all: connection refused, timeouts, HTTP 5xx after the
+    retries, a rejected key. An infrastructure failure, not a result: the loop stops the run
+    as interrupted (nothing finished is lost) so that a rerun resumes once the LLM is back."""
+
+
+class StoreError(MmoptError):
+    """A run store cannot be used: a damaged database, a folder that cannot be written,
+    a run another process is writing."""
 
 
 class MissingExtraError(ImportError):

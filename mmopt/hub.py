@@ -137,35 +137,3 @@ def check_hub_repo(repo_id: str, *, what: str = "model", revision: str | None = 
             f"no network?"
         ) from e
     return HubCheck(repo_id, False, getattr(info, "sha", None) or revision)
-
-
-def local_dir_fingerprint(root: str | os.PathLike) -> str:
-    """A content fingerprint of a local model directory, used as its "revision".
-
-    Small config files (json/txt) are hashed whole; weight files by size plus
-    their first and last MiB, which changes whenever the weights do without
-    reading gigabytes.
-
-    >>> local_dir_fingerprint("/tmp/mmopt-tiny/sd")   # doctest: +SKIP
-    'local-3f1c...'
-    """
-    import hashlib
-    from pathlib import Path
-
-    root = Path(root)
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        h.update(p.relative_to(root).as_posix().encode())
-        size = p.stat().st_size
-        h.update(str(size).encode())
-        if p.suffix in (".json", ".txt", ".model") and size < (8 << 20):
-            h.update(p.read_bytes())
-        else:
-            with open(p, "rb") as f:
-                h.update(f.read(1 << 20))
-                if size > (2 << 20):
-                    f.seek(-(1 << 20), 2)
-                    h.update(f.read())
-    return "local-" + h.hexdigest()[:16]

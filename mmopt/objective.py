@@ -106,6 +106,13 @@ class Objective:
         ranges = {s.name: tuple(s.value_range) for s in scorers}
         return cls(weights, ranges=ranges, constraints=constraints)
 
+    def config(self) -> dict:
+        """Weights, ranges and constraints: everything that turns scores into the objective."""
+        return {"component": "mmopt.objective.Objective", "weights": dict(sorted(self.weights.items())),
+                "ranges": {k: list(v) for k, v in sorted(self.ranges.items())},
+                "constraints": [{"scorer": c.scorer, "min": c.min, "max_drop": c.max_drop}
+                                for c in self.constraints]}
+
     def normalise(self, scorer: str, value: float) -> float:
         lo, hi = self.ranges.get(scorer, (0.0, 1.0))
         return (value - lo) / (hi - lo)

@@ -1,40 +1,49 @@
-"""The one optimization loop: propose -> generate -> score -> select.
+"""The one optimization loop: propose -> evaluate -> select. Search policy only.
 
 Read top to bottom: ``Budget`` and ``Result`` are plain data; ``Optimizer``
-validates everything in ``__init__``; ``run`` is the loop; the private
-helpers below it do one step each (admit candidates, render with the cache,
-score with the cache, write trials).
+validates everything in ``__init__``; ``run`` is the loop. Rendering,
+scoring, caching and committing belong to :class:`mmopt.evaluator.Evaluator`
+(one path for the loop, the final re-score, held-out seeds and benchmarks);
+what candidates must pass before they render belongs to
+:func:`mmopt.candidates.admit`; which trials the proposer sees belongs to the
+strategy. A run's state (its trials, counters, threads) lives in a ``_Run``
+made per call, so one optimizer, or two in two threads, can run several
+prompts without sharing anything they should not.
 
 Invariants the loop keeps (DESIGN.md):
-  * the original prompt is always trial 0, so the result is never worse than
-    the input on the search seeds;
+  * the original prompt is always trial 0;
+  * the best trial is the best one that meets every constraint; when none
+    does, it is the original, and the result says so (``Result.feasible``);
   * scorers judge every image against the *intent*, never the candidate;
-  * the generator is called once per iteration with every (prompt, seed)
+  * the generator is called once per iteration with every (candidate, seed)
     pair, and each scorer once per iteration with every image;
-  * everything that costs compute is cached by content, and every finished
-    trial is committed to the store before the next one is written, so a
-    killed run resumes where it stopped and recomputes nothing.
+  * everything that costs compute is cached by content (component identity),
+    and every finished trial is committed to the store before the next one
+    is written, so a killed run (even ``kill -9``) resumes where it stopped
+    and recomputes nothing;
+  * an LLM that cannot be reached stops the run as "interrupted" (resumable),
+    it is not recorded as an iteration without proposals.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import queue
 import random
-import threading
 import time
-import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mmopt.cache import Cache, content_key
+from mmopt.candidates import admit
+from mmopt.component import describe
 from mmopt.device import release_free_host_memory
+from mmopt.errors import LLMUnavailableError
+from mmopt.evaluator import Evaluated, Evaluator, Executors
 from mmopt.objective import Objective
-from mmopt.store import Store, media_to_pngs, pngs_to_media, to_jsonable
+from mmopt.store import Store, check_run_id
 from mmopt.strategies import Strategy, TopKHistory
-from mmopt.types import Generation, Score, Scorer, SearchState, Trial
+from mmopt.types import Candidate, Scorer, SearchState, Trial, best_trial
 
 log = logging.getLogger("mmopt")
 
@@ -43,17 +52,8 @@ Callback = Callable[..., None]
 # Host RSS growth (MiB, read after each iteration) that makes the loop trim the heap
 # (mmopt.device.release_free_host_memory): once per that much creep, never on a plateau.
 HOST_TRIM_MB = 64
-
-
-def _merge_info(into: dict, extra: dict) -> None:
-    """Add a lookahead proposal's LLM calls and failures to the run's tally."""
-    into["llm_calls"] += extra["llm_calls"]
-    into["failures"].extend(extra["failures"])
-
-
-def _without_pixels(g: Generation) -> Generation:
-    """``g`` without its device copy of the image (``media`` stays): what is kept past scoring."""
-    return g if g.pixels is None else dataclasses.replace(g, pixels=None)
+# Held-out seeds given as a count are these, far from the search seeds 0..S-1.
+HELDOUT_SEED_BASE = 10_000
 
 
 def derive_seed(base: int, *parts: Any) -> int:
@@ -77,19 +77,36 @@ class Budget:
     patience: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.iterations, int) or self.iterations < 1:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise ValueError(f"Budget.iterations must be an int >= 1, got {self.iterations!r}")
         for name in ("images", "llm_calls", "patience"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"Budget.{name} must be None or an int >= 1, got {v!r}")
-        if self.wall_time_s is not None and not self.wall_time_s > 0:
+        if self.wall_time_s is not None and not (isinstance(self.wall_time_s, (int, float)) and self.wall_time_s > 0):
             raise ValueError(f"Budget.wall_time_s must be None or > 0, got {self.wall_time_s!r}")
+
+    def check_affordable(self, seeds_per_candidate: int) -> None:
+        """ValueError when the budget cannot pay for iteration 0 (the original on every seed)."""
+        if self.images is not None and self.images < seeds_per_candidate:
+            raise ValueError(f"Budget(images={self.images}) cannot afford one iteration: the original prompt "
+                             f"alone needs {seeds_per_candidate} images (one per search seed); give images >= "
+                             f"{seeds_per_candidate} or fewer seeds")
 
 
 @dataclass
 class Result:
-    """What a run returns: the best prompt, every trial, the trajectory."""
+    """What a run returns.
+
+    ``best`` is the best trial that meets every constraint (the original
+    when none does: ``feasible`` is then False). ``gain`` is ``best`` minus
+    the original on the search seeds; it is >= 0 whenever the original meets
+    the constraints, and may be negative when the original itself broke one
+    (``original_feasible`` False: a constraint-meeting prompt was preferred).
+    The search seeds flatter the winner (it was chosen on them): with
+    ``heldout_seeds`` the best and the original are re-scored on seeds the
+    search never saw (``heldout``, ``heldout_gain``), the number to trust.
+    """
 
     run_id: str
     intent: str
@@ -103,95 +120,195 @@ class Result:
     wall_time_s: float
     out_dir: str | None = None
     failures: list[dict] = field(default_factory=list)
-    final: dict | None = None  # {"best": Trial, "original": Trial} re-scored with the final generator
-
+    final: dict | None = None     # {"best", "original"}: re-rendered with the final generator
+    heldout: dict | None = None   # {"best", "original"}: scored on the held-out seeds
+    timings: dict = field(default_factory=dict)
 
     @property
     def best_prompt(self) -> str:
         return self.best.prompt
 
     @property
+    def feasible(self) -> bool:
+        """Whether the best trial meets every constraint."""
+        return bool(self.best.feasible)
+
+    @property
+    def original_feasible(self) -> bool:
+        return bool(self.original.feasible)
+
+    @property
     def gain(self) -> float:
-        """Objective of the best trial minus the original prompt's (on the search seeds)."""
+        """Best (feasible) objective minus the original's, on the search seeds."""
         return self.best.objective - self.original.objective
 
+    @property
+    def heldout_gain(self) -> float | None:
+        """The same difference on the held-out seeds (None when not asked for)."""
+        if not self.heldout:
+            return None
+        return self.heldout["best"].objective - self.heldout["original"].objective
+
     def summary(self) -> dict:
+        def short(t: Trial) -> dict:
+            return {"prompt": t.prompt, "negative": t.negative, "objective": t.objective, "scores": t.scores,
+                    "feasible": t.feasible}
+
         return {
-            "best_prompt": self.best.prompt, "best_objective": self.best.objective,
-            "original_objective": self.original.objective, "gain": self.gain,
-            "best_scores": self.best.scores, "original_scores": self.original.scores,
+            "best_prompt": self.best.prompt, "best_negative": self.best.negative,
+            "best_objective": self.best.objective, "original_objective": self.original.objective,
+            "gain": self.gain, "feasible": self.feasible, "original_feasible": self.original_feasible,
+            "best_scores": self.best.scores, "original_scores": self.original.scores, "best_index": self.best.index,
             "trials": len(self.trials), "images": self.images, "llm_calls": self.llm_calls,
             "stopped": self.stopped, "trajectory": self.trajectory,
-            **({"final": {k: {"prompt": t.prompt, "objective": t.objective, "scores": t.scores}
-                          for k, t in self.final.items()}} if self.final else {}),
+            **({"final": {k: short(t) for k, t in self.final.items()}} if self.final else {}),
+            **({"heldout": {k: short(t) for k, t in self.heldout.items()}, "heldout_gain": self.heldout_gain,
+                "heldout_seeds": self.heldout["best"].meta.get("seeds")} if self.heldout else {}),
         }
+
+
+def choose_best(trials: Sequence[Trial]) -> Trial:
+    """The run's best: the best feasible trial, else the original (trial 0)."""
+    best = best_trial(trials)
+    if best is None:
+        raise ValueError("no trials to choose from")
+    if best.feasible:
+        return best
+    return next((t for t in trials if t.index == 0), best)
+
+
+@dataclass
+class _Tally:
+    """LLM calls and recorded proposer failures (a run's, or one lookahead proposal's)."""
+
+    llm_calls: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+    def add(self, other: "_Tally") -> None:
+        self.llm_calls += other.llm_calls
+        self.failures.extend(other.failures)
+
+
+@dataclass
+class _Run:
+    """Everything one call of ``Optimizer.run`` owns (nothing of it lives on the optimizer)."""
+
+    run_id: str
+    intent: str            # what the user typed (keep tags included)
+    clean_intent: str      # the text the generator and scorers receive
+    protected: tuple[str, ...]
+    trials: list[Trial]
+    started: float
+    executors: Executors
+    images: int = 0
+    tally: _Tally = field(default_factory=_Tally)
+    timings: dict = field(default_factory=lambda: {"propose": 0.0, "generate": 0.0, "score": 0.0,
+                                                   "write_wait": 0.0, "final": 0.0, "heldout": 0.0})
+    proposer_thread: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self.proposer_thread is not None:
+            self.proposer_thread.shutdown(wait=True)  # a proposal in flight finishes (and is stored) first
+            self.proposer_thread = None
+        self.executors.close()
 
 
 class Optimizer:
     """Optimizes a prompt for a generator under one or more scorers.
 
     Args:
-        generator: a ``Generator`` (or registry name, e.g. ``"diffusers:stabilityai/sd-turbo"``).
-        scorers: ``Scorer`` objects or registry names.
-        proposer: a ``Proposer`` (or registry name, e.g. ``"opt2i"``).
+        generator: a ``Generator`` (or registry spec, e.g. ``"diffusers:stabilityai/sd-turbo"``).
+        scorers: ``Scorer`` objects or registry specs.
+        proposer: a ``Proposer`` (or registry spec, e.g. ``"opt2i"``).
         objective: how scores combine; default equal weights over ``scorers``.
-        strategy: which trials the proposer sees; default OPT2I's top-10 history.
+        strategy: which trials the proposer sees (and in which order); default OPT2I's top-10.
         budget: when to stop.
-        candidates: new prompts asked of the proposer per iteration.
+        candidates: new candidates asked of the proposer per iteration.
         seeds: the search seeds, or how many (``4`` means ``[0, 1, 2, 3]``).
         seed: the run's base seed (proposer sampling).
         store: an output folder or ``Store``; ``None`` keeps nothing on disk.
         cache: a ``Cache`` for generations and scores; default ``<store>/cache.sqlite``
             (in memory when there is no store).
+        llm: the run's LLM (object or registry name), handed to components given by
+            name that ask for it (``dsg:<vqa>`` writes its questions with it; ``opt2i`` rewrites).
         protected: extra spans every rewrite must keep verbatim (trigger words).
         callbacks: called as ``cb(event, **info)`` for "iteration", "trial", "done".
         final_rescore: re-render and re-score the best prompt and the original at the end
             with the generator's full-quality sibling (``generator.full_quality()``, e.g. the
             full VAE after a search with ``decoder="tiny"``), or with the Generator given
             here; the result is ``Result.final``. ``False`` (default) skips it.
-        workers: threads that encode PNGs and write the cache and store beside the GPU work.
-        overlap: render chunk i+1 in a producer thread while chunk i is scored (generators
-            with ``generate_chunks``). Off by default: measured on an H100 (SD-Turbo, 512 px),
-            the two threads contend for the GIL and the loop ran 20-45% slower than serial
-            (benchmarks/loop_throughput.py); PNG encoding and store writes still run beside
-            the GPU work either way.
+        heldout_seeds: re-score the best prompt and the original on these seeds (or this
+            many, ``10000, 10001, ...``) after the search: ``Result.heldout``.
+        workers: threads that encode PNGs beside the GPU work.
+        overlap: render chunk i+1 in a producer thread while chunk i is scored. Off by
+            default: measured on an H100 (SD-Turbo, 512 px) the two threads contended for
+            the GIL and the loop ran 20-45% slower than serial (benchmarks/loop_throughput.py).
         lookahead: propose iteration i+1 on a thread while iteration i renders and scores,
             so the generator does not wait on the LLM. The proposer then sees the history
-            through iteration i-1, with iteration i's prompts as ``SearchState.pending``
-            (tried, not scored): one iteration staler than without lookahead, so results
-            differ from a run without it (it is part of the run's config), and are as
-            deterministic. Off by default (benchmarks/llm_overlap.py measures both).
+            through iteration i-1, with iteration i's prompts as ``SearchState.pending``;
+            results differ from a run without it (it is part of the run's config), and are
+            as deterministic (benchmarks/llm_overlap.py measures both).
 
     Example::
 
         opt = Optimizer("diffusers:stabilityai/sd-turbo", ["clip:ViT-B-32/openai"], "opt2i",
-                        budget=Budget(iterations=5), store="runs/")
+                        llm="hf:Qwen/Qwen2.5-1.5B-Instruct", budget=Budget(iterations=5), store="runs/")
         result = opt.run("a red cube on a blue sphere")
         print(result.best_prompt, result.gain)
     """
 
     def __init__(self, generator, scorers, proposer, *, objective: Objective | None = None,
-                 strategy: Strategy | None = None, budget: Budget | None = None, candidates: int = 5,
+                 strategy: Strategy | str | None = None, budget: Budget | None = None, candidates: int = 5,
                  seeds: int | Sequence[int] = 4, seed: int = 0, store: Store | str | Path | None = None,
-                 cache: Cache | None = None, protected: Iterable[str] = (),
-                 callbacks: Iterable[Callback] = (), final_rescore: Any = False, workers: int = 4,
+                 cache: Cache | None = None, llm: Any = None, protected: Iterable[str] = (),
+                 callbacks: Iterable[Callback] = (), final_rescore: Any = False,
+                 heldout_seeds: int | Sequence[int] | None = None, workers: int = 4,
                  overlap: bool = False, lookahead: bool = False):
         from mmopt import registry
 
-        # 1. resolve registry names (models load once per process: the registry memoises)
-        if isinstance(generator, str):
-            generator = registry.create("generator", generator)
-        if isinstance(scorers, (str, Scorer)) or not isinstance(scorers, Iterable):
-            scorers = [scorers]
-        scorers = [registry.create("scorer", s) if isinstance(s, str) else s for s in scorers]
-        if isinstance(proposer, str):
-            proposer = registry.create("proposer", proposer)
-        if isinstance(strategy, str):
-            strategy = registry.create("strategy", strategy)
+        # 1. validate what needs no model first: fail here, not in iteration 3
+        budget = budget or Budget()
+        if not isinstance(budget, Budget):
+            raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
+        seeds = self._check_seeds(seeds, "seeds")
+        budget.check_affordable(len(seeds))
+        if heldout_seeds is not None:
+            if isinstance(heldout_seeds, int) and not isinstance(heldout_seeds, bool):
+                if heldout_seeds < 1:
+                    raise ValueError(f"heldout_seeds must be >= 1 (or a list of seeds), got {heldout_seeds}")
+                heldout_seeds = list(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + heldout_seeds))
+            heldout_seeds = self._check_seeds(heldout_seeds, "heldout_seeds")
+            overlap_seeds = sorted(set(heldout_seeds) & set(seeds))
+            if overlap_seeds:
+                raise ValueError(f"heldout_seeds must not repeat search seeds, got {overlap_seeds} in both")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        self.store = Store(store) if isinstance(store, (str, Path)) else store
+        if cache is None:
+            cache = Cache(self.store.root / "cache.sqlite") if self.store is not None else Cache(":memory:")
+        self.cache = cache
 
-        # 2. validate: fail here, not in iteration 3
+        # 2. resolve registry specs (models load once per process: the registry memoises),
+        #    with the run's context for factories that ask for it
+        context = registry.RunContext(llm=llm, cache=self.cache, store=self.store)
+        if isinstance(generator, (str, dict)):
+            generator = registry.create("generator", generator, context=context)
+        if isinstance(scorers, (str, dict, Scorer)) or not isinstance(scorers, Iterable):
+            scorers = [scorers]
+        scorers = [registry.create("scorer", s, context=context) if isinstance(s, (str, dict)) else s
+                   for s in scorers]
+        if isinstance(proposer, (str, dict)):
+            proposer = registry.create("proposer", proposer, context=context, reuse=False)
+        if isinstance(strategy, (str, dict)):
+            strategy = registry.create("strategy", strategy, reuse=False)
+
+        # 3. validate the components
         if not callable(getattr(generator, "generate", None)):
-            raise TypeError(f"generator must have a generate(prompts, seeds) method, got {type(generator).__name__}")
+            raise TypeError(f"generator must have a generate(candidates, seeds) method, got {type(generator).__name__}")
         if not scorers:
             raise ValueError("at least one scorer is required, got none")
         for s in scorers:
@@ -202,19 +319,8 @@ class Optimizer:
             raise ValueError(f"scorer names must be unique, got {names}")
         if not callable(getattr(proposer, "propose", None)):
             raise TypeError(f"proposer must have a propose(state, n) method, got {type(proposer).__name__}")
-        if not isinstance(candidates, int) or candidates < 1:
-            raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
-        if isinstance(seeds, int):
-            if seeds < 1:
-                raise ValueError(f"seeds must be >= 1 (or a list of seeds), got {seeds}")
-            seeds = list(range(seeds))
-        seeds = list(seeds)
-        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct non-negative ints, got {seeds}")
-        if not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if strategy is not None and not callable(getattr(strategy, "history", None)):
+            raise TypeError(f"strategy must have a history(trials) method, got {type(strategy).__name__}")
         if final_rescore is True:
             full = getattr(generator, "full_quality", None)
             final_rescore = full() if callable(full) else None
@@ -222,8 +328,8 @@ class Optimizer:
                 final_rescore = None  # nothing better to re-render with: the search scores stand
         elif final_rescore is False or final_rescore is None:
             final_rescore = None
-        elif isinstance(final_rescore, str):
-            final_rescore = registry.create("generator", final_rescore)
+        elif isinstance(final_rescore, (str, dict)):
+            final_rescore = registry.create("generator", final_rescore, context=context)
         if final_rescore is not None and not callable(getattr(final_rescore, "generate", None)):
             raise TypeError(f"final_rescore must be True/False or a Generator, got {type(final_rescore).__name__}")
 
@@ -236,38 +342,47 @@ class Optimizer:
         if unknown:
             raise ValueError(f"objective names scorers {unknown} that are not among the scorers {names}")
         self.strategy = strategy or TopKHistory(10)
-        self.budget = budget or Budget()
+        self.budget = budget
         self.candidates = candidates
         self.seeds = seeds
+        self.heldout_seeds = heldout_seeds
         self.seed = seed
-        self.store = Store(store) if isinstance(store, (str, Path)) else store
-        if cache is None:
-            cache = Cache(self.store.root / "cache.sqlite") if self.store is not None else Cache(":memory:")
-        self.cache = cache
         self.extra_protected = tuple(protected)
         self.callbacks = list(callbacks)
         self.final_generator = final_rescore
-        self.workers = workers
-        self.overlap = bool(overlap)
         self.lookahead = bool(lookahead)
-        # seconds spent per stage in the last run (benchmarks read it)
-        self.timings: dict[str, float] = {}
+        self.evaluator = Evaluator(generator, self.scorers, self.objective, cache=self.cache, workers=workers,
+                                   overlap=overlap)
+        self.workers = workers
+        self.timings: dict[str, float] = {}  # the last finished run's stage times (benchmarks read them)
+
+    @staticmethod
+    def _check_seeds(seeds: Any, what: str) -> list[int]:
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            if seeds < 1:
+                raise ValueError(f"{what} must be >= 1 (or a list of seeds), got {seeds}")
+            return list(range(seeds))
+        seeds = list(seeds)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
+                or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{what} must be distinct non-negative ints, got {seeds}")
+        return seeds
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
-        """Everything that determines the run's result; its hash is the default run id."""
-        gen_key = self.generator.cache_key() if hasattr(self.generator, "cache_key") else {"name": getattr(self.generator, "name", type(self.generator).__name__)}
+        """Everything that determines the run's result (each component's full config);
+        its hash with the intent is the default run id."""
         return {
-            "generator": gen_key,
-            "scorers": [s.name for s in self.scorers],
-            "proposer": getattr(self.proposer, "name", type(self.proposer).__name__),
-            "strategy": [getattr(self.strategy, "name", type(self.strategy).__name__), vars(self.strategy)],
-            "objective": {"weights": self.objective.weights,
-                          "constraints": [vars(c) for c in self.objective.constraints]},
+            "generator": describe(self.generator),
+            "scorers": [describe(s) for s in self.scorers],
+            "proposer": describe(self.proposer),
+            "strategy": describe(self.strategy),
+            "objective": describe(self.objective),
             "budget": vars(self.budget), "candidates": self.candidates, "seeds": self.seeds,
             "seed": self.seed, "protected": list(self.extra_protected),
-            **({"final": self._gen_key(self.final_generator)} if self.final_generator is not None else {}),
-            **({"lookahead": True} if self.lookahead else {}),  # older run ids stay valid
+            **({"final": describe(self.final_generator)} if self.final_generator is not None else {}),
+            **({"heldout_seeds": self.heldout_seeds} if self.heldout_seeds else {}),
+            **({"lookahead": True} if self.lookahead else {}),
         }
 
     def _emit(self, event: str, **info) -> None:
@@ -284,35 +399,43 @@ class Optimizer:
             raise TypeError(f"intent must be a string, got {type(intent).__name__}")
         if not intent.strip():
             raise ValueError("intent is empty: give the prompt you want to optimize, e.g. 'a red cube on a table'")
+        if run_id is not None:
+            check_run_id(run_id)
         protected = tuple(dict.fromkeys(protect.find_protected(intent, extra=self.extra_protected)))
         clean_intent = " ".join(protect.strip_keep_tags(intent).split())
-        config = self.config()
-        run_id = run_id or content_key(intent, config)[:16]
-        started = time.monotonic()
-        self.timings = {"propose": 0.0, "generate": 0.0, "score": 0.0, "write_wait": 0.0, "final": 0.0}
+        run_id = run_id or content_key(intent, self.config())[:16]
+        if self.store is None:
+            return self._run(intent, clean_intent, protected, run_id)
+        with self.store.lock_run(run_id):  # one writer per run: a second process is told it is busy
+            return self._run(intent, clean_intent, protected, run_id)
 
-        # 2. open or resume the run
-        status = self.store.start_run(run_id, intent, config) if self.store else "new"
+    def _run(self, intent: str, clean_intent: str, protected: tuple[str, ...], run_id: str) -> Result:
+        # 2. open or resume the run (finished trials come back from the store)
+        status = self.store.start_run(run_id, intent, self.config()) if self.store else "new"
         trials: list[Trial] = self.store.load_trials(run_id) if self.store else []
-        if status == "resume" and trials:
+        if status != "new" and trials:
             log.info("resuming run %s with %d finished trials", run_id, len(trials))
-        state_info = {"images": len(trials) * len(self.seeds), "llm_calls": 0, "failures": []}
+        run = _Run(run_id=run_id, intent=intent, clean_intent=clean_intent, protected=protected, trials=trials,
+                   started=time.monotonic(), executors=Executors(self.workers))
+        run.images = len(trials) * len(self.seeds)
+        if self.store and status != "new":
+            self._restore_media(run)
         trajectory: list[float] = []
         stopped = "iterations"
         best_so_far = float("-inf")
         stale = 0
-        ahead = None  # lookahead: (iteration, Future of its proposals, their llm_calls/failures)
+        ahead = None  # lookahead: (iteration, Future of its proposals, their _Tally)
         try:
             for iteration in range(self.budget.iterations):
                 # 3. budgets are checked before an iteration starts
-                n_new = self._n_new(iteration, state_info["images"])
+                n_new = self._n_new(iteration, run.images)
                 if n_new < 1:
                     stopped = "images"
                     break
-                if self.budget.wall_time_s is not None and time.monotonic() - started > self.budget.wall_time_s:
+                if self.budget.wall_time_s is not None and time.monotonic() - run.started > self.budget.wall_time_s:
                     stopped = "wall_time"
                     break
-                if iteration > 0 and self.budget.llm_calls is not None and state_info["llm_calls"] >= self.budget.llm_calls:
+                if iteration > 0 and self.budget.llm_calls is not None and run.tally.llm_calls >= self.budget.llm_calls:
                     stopped = "llm_calls"
                     break
 
@@ -320,32 +443,31 @@ class Optimizer:
                 #    (with lookahead, made while the previous iteration rendered: only the wait counts)
                 t_prop = time.perf_counter()
                 if ahead is not None and ahead[0] == iteration:
-                    prompts = ahead[1].result()
-                    _merge_info(state_info, ahead[2])
+                    proposals = ahead[1].result()
+                    run.tally.add(ahead[2])
                 else:
-                    prompts = self._proposals(run_id, iteration, n_new, clean_intent, protected, trials, state_info)
+                    proposals = self._proposals(run, iteration, n_new, list(run.trials), run.tally)
                 ahead = None
-                self.timings["propose"] += time.perf_counter() - t_prop
+                run.timings["propose"] += time.perf_counter() - t_prop
 
                 # 5. evaluate what is not finished yet; each trial is committed before the next
-                done = {(t.iteration, t.prompt) for t in trials}
-                todo = [p for p in prompts if (iteration, p["prompt"]) not in done]
+                done = {(t.iteration, t.candidate) for t in run.trials}
+                todo = [p for p in proposals if (iteration, p[0]) not in done]
                 if self.lookahead:
-                    ahead = self._propose_ahead(run_id, iteration + 1, (len(trials) + len(todo)) * len(self.seeds),
-                                                clean_intent, protected, trials, prompts, state_info)
+                    ahead = self._propose_ahead(run, iteration + 1, (len(run.trials) + len(todo)) * len(self.seeds),
+                                                proposals)
                 if todo:
-                    for trial in self._evaluate(run_id, iteration, todo, clean_intent, trials):
-                        trials.append(trial)
+                    for trial in self._evaluate(run, iteration, todo):
+                        run.trials.append(trial)
                         self._emit("trial", trial=trial, run_id=run_id)
-                state_info["images"] = len(trials) * len(self.seeds)
-                if getattr(self, "_writer", None) is not None:
-                    # hand freed image buffers back to the OS (off the main thread) once they add up
-                    self._writer.submit(release_free_host_memory, HOST_TRIM_MB)
+                run.images = len(run.trials) * len(self.seeds)
+                # hand freed image buffers back to the OS (off the main thread) once they add up
+                run.executors.writer.submit(release_free_host_memory, HOST_TRIM_MB)
 
                 # 6. bookkeeping: trajectory of the best feasible objective, early stopping
-                best = self._best(trials)
+                best = choose_best(run.trials)
                 trajectory.append(best.objective)
-                self._emit("iteration", iteration=iteration, best=best, trials=trials, run_id=run_id)
+                self._emit("iteration", iteration=iteration, best=best, trials=run.trials, run_id=run_id)
                 if best.objective > best_so_far + 1e-12:
                     best_so_far, stale = best.objective, 0
                 elif iteration > 0:
@@ -355,40 +477,41 @@ class Optimizer:
                         break
             if ahead is not None:  # proposals made for an iteration that did not run: their LLM calls were spent
                 ahead[1].result()
-                state_info["llm_calls"] += ahead[2]["llm_calls"]
-        except KeyboardInterrupt:
-            # Everything finished is committed; mark the run so `mmopt runs` shows it.
-            self._close_executors()
+                run.tally.llm_calls += ahead[2].llm_calls
+            run.close()
+
+            # 7. what the search found, re-judged where asked: full quality, unseen seeds
+            original = next(t for t in run.trials if t.index == 0)
+            best = choose_best(run.trials)
+            final = self._rescore(run, [original, best], self.seeds, self.final_generator, "final") \
+                if self.final_generator is not None else None
+            heldout = self._rescore(run, [original, best], self.heldout_seeds, None, "heldout") \
+                if self.heldout_seeds else None
+        except (KeyboardInterrupt, LLMUnavailableError):
+            # Everything finished is committed; the rerun resumes here.
+            run.close()
             if self.store:
                 self.store.set_status(run_id, "interrupted")
             raise
         except BaseException:
-            self._close_executors()
+            run.close()
             if self.store:
                 self.store.set_status(run_id, "failed")
             raise
-        self._close_executors()
 
-        original = next(t for t in trials if t.index == 0)
-        final = self._final_rescore(clean_intent, self._best(trials), original) if self.final_generator else None
         result = Result(
-            run_id=run_id, intent=intent, best=self._best(trials), original=original, trials=trials,
-            trajectory=trajectory, stopped=stopped, images=state_info["images"],
-            llm_calls=state_info["llm_calls"], wall_time_s=time.monotonic() - started,
-            out_dir=str(self.store.root) if self.store else None, failures=state_info["failures"],
-            final=final,
+            run_id=run_id, intent=intent, best=best, original=original, trials=run.trials,
+            trajectory=trajectory, stopped=stopped, images=run.images, llm_calls=run.tally.llm_calls,
+            wall_time_s=time.monotonic() - run.started, out_dir=str(self.store.root) if self.store else None,
+            failures=run.tally.failures, final=final, heldout=heldout, timings=dict(run.timings),
         )
+        self.timings = dict(run.timings)
         if self.store:
             self.store.set_status(run_id, "finished", result.summary())
         self._emit("done", result=result)
         return result
 
     # ------------------------------------------------------------- the steps
-    @staticmethod
-    def _best(trials: Sequence[Trial]) -> Trial:
-        feasible = [t for t in trials if t.feasible] or [t for t in trials if t.index == 0]
-        return max(feasible, key=lambda t: (t.objective, -t.index))
-
     def _n_new(self, iteration: int, images_so_far: int) -> int:
         """How many candidates ``iteration`` may render (the image budget caps the last ones)."""
         n_new = 1 if iteration == 0 else self.candidates
@@ -396,49 +519,56 @@ class Optimizer:
             n_new = min(n_new, (self.budget.images - images_so_far) // len(self.seeds))
         return n_new
 
-    def _propose_ahead(self, run_id, iteration, images_after, clean_intent, protected, trials, current, info):
+    def _propose_ahead(self, run: _Run, iteration: int, images_after: int, current: list):
         """Lookahead: start proposing ``iteration`` on the proposer thread, from the trials
-        finished so far plus the ``current`` candidates as pending; None when it would not run."""
+        finished before the current iteration plus its ``current`` candidates as pending;
+        None when that iteration would not run."""
         n_next = self._n_new(iteration, images_after)
         if iteration >= self.budget.iterations or n_next < 1:
             return None
-        if self.budget.llm_calls is not None and info["llm_calls"] >= self.budget.llm_calls:
+        if self.budget.llm_calls is not None and run.tally.llm_calls >= self.budget.llm_calls:
             return None
-        if getattr(self, "_proposer_thread", None) is None:
-            self._proposer_thread = ThreadPoolExecutor(1, thread_name_prefix="mmopt-propose")
-        own = {"llm_calls": 0, "failures": []}  # merged into the run's when used
-        pending = tuple(c["prompt"] for c in current)
+        if run.proposer_thread is None:
+            run.proposer_thread = ThreadPoolExecutor(1, thread_name_prefix="mmopt-propose")
+        own = _Tally()  # merged into the run's when used
+        pending = tuple(c.text for c, _ in current)
         # the trials before the current iteration only: a resumed run that already finished some
         # of the current candidates proposes exactly what the uninterrupted run did
-        earlier = [t for t in trials if t.iteration < iteration - 1]
-        future = self._proposer_thread.submit(self._proposals, run_id, iteration, n_next, clean_intent, protected,
-                                              earlier, own, pending)
+        earlier = [t for t in run.trials if t.iteration < iteration - 1]
+        future = run.proposer_thread.submit(self._proposals, run, iteration, n_next, earlier, own, pending)
         return iteration, future, own
 
-    def _proposals(self, run_id, iteration, n, clean_intent, protected, trials, info, pending=()) -> list[dict]:
-        """The candidates of ``iteration``: [{"prompt", "meta"}]. Stored before use."""
-        stored = self.store.load_proposals(run_id, iteration) if self.store else None
+    def _proposals(self, run: _Run, iteration: int, n: int, trials: list[Trial], tally: _Tally,
+                   pending: tuple[str, ...] = ()) -> list[tuple[Candidate, dict]]:
+        """The candidates of ``iteration`` with their admission meta. Stored before use.
+
+        ``tally`` receives the LLM calls and failures (the run's, or a lookahead proposal's own).
+        """
+        stored = self.store.load_proposals(run.run_id, iteration) if self.store else None
         if stored is not None:
-            prompts, meta = stored
-            info["llm_calls"] += meta.get("llm_calls", 0)
+            cands, meta = stored
+            tally.llm_calls += meta.get("llm_calls", 0)
             if meta.get("failure"):
-                info["failures"].append(meta["failure"])
-            return [{"prompt": p, "meta": m} for p, m in zip(prompts, meta.get("per_prompt", [{}] * len(prompts)))]
+                tally.failures.append(meta["failure"])
+            per = meta.get("per_prompt") or [{}] * len(cands)
+            return list(zip(cands, per))
 
         meta: dict = {"llm_calls": 0}
         if iteration == 0:
-            raw = [clean_intent]
+            raw: list = [run.clean_intent]
         else:
             state = SearchState(
-                intent=clean_intent, iteration=iteration, trials=list(trials),
+                intent=run.clean_intent, iteration=iteration, trials=list(trials),
                 history=self.strategy.history(trials), rng=random.Random(derive_seed(self.seed, "propose", iteration)),
                 prompt_style=getattr(self.generator, "prompt_style", "sentences"),
-                max_prompt_tokens=getattr(self.generator, "max_prompt_tokens", 77), protected=protected,
+                max_prompt_tokens=getattr(self.generator, "max_prompt_tokens", 77), protected=run.protected,
                 pending=tuple(pending),
             )
             try:
                 raw = list(self.proposer.propose(state, n))
-            except Exception as e:  # an LLM outage must not lose the run: record and keep the best
+            except LLMUnavailableError:
+                raise  # infrastructure, not a result: the run stops as interrupted and resumes later
+            except Exception as e:  # a proposer bug or a bad reply must not lose the run: record it
                 log.warning("proposer failed in iteration %d: %s", iteration, e)
                 raw = []
                 meta["failure"] = {"iteration": iteration, "error": f"{type(e).__name__}: {e}"}
@@ -447,360 +577,95 @@ class Optimizer:
             meta["llm_calls"] = int(stats.get("llm_calls", 1)) if isinstance(stats, dict) else 1
             if isinstance(stats, dict):
                 meta["proposer_stats"] = stats
-        admitted = self._admit(raw, n, trials, protected, iteration == 0, pending)
+        seen = [t.candidate for t in trials] + [Candidate(p) for p in pending]
+        admitted = admit(raw, n, seen=seen, protected=run.protected if iteration > 0 else (),
+                         generator=self.generator, is_original=iteration == 0)
         if iteration > 0 and not admitted and "failure" not in meta:
             meta["failure"] = {"iteration": iteration, "error": "no usable new candidate in the proposer's reply",
-                               "raw": raw[:n]}
+                               "raw": [str(r)[:300] for r in raw[:n]]}
         if "failure" in meta:
-            info["failures"].append(meta["failure"])
-        meta["per_prompt"] = [a["meta"] for a in admitted]
-        info["llm_calls"] += meta["llm_calls"]
+            tally.failures.append(meta["failure"])
+        meta["per_prompt"] = [m for _, m in admitted]
+        tally.llm_calls += meta["llm_calls"]
         if self.store:
-            self.store.save_proposals(run_id, iteration, [a["prompt"] for a in admitted], meta)
+            self.store.save_proposals(run.run_id, iteration, [c for c, _ in admitted], meta)
         return admitted
 
-    def _admit(self, raw: Sequence[str], n: int, trials, protected, is_original: bool, pending=()) -> list[dict]:
-        """Clean the proposer's candidates: strings, unseen, protected spans kept, within the token budget."""
-        from mmopt import protect
-
-        seen = {t.prompt for t in trials} | set(pending)
-        out: list[dict] = []
-        for cand in raw:
-            if not isinstance(cand, str):
-                continue
-            prompt = " ".join(protect.strip_keep_tags(cand).split())
-            meta: dict = {}
-            if not prompt:
-                continue
-            if protected and not is_original:
-                missing = protect.check(prompt, protected)
-                if missing:
-                    repaired = protect.repair(prompt, protected)
-                    if repaired is None:
-                        continue
-                    prompt, meta["repaired"] = repaired, missing
-            # The token budget: warn and record; rewrites are cut to what the encoder sees.
-            count = getattr(self.generator, "count_tokens", None)
-            limit = getattr(self.generator, "max_prompt_tokens", None)
-            if count is not None and limit:
-                tokens = count(prompt)
-                if tokens > limit:
-                    meta["tokens"] = tokens
-                    meta["token_limit"] = limit
-                    if is_original:
-                        warnings.warn(f"the prompt has {tokens} tokens; the text encoder reads only {limit}: "
-                                      "the rest is ignored by the generator", stacklevel=4)
-                        meta["truncated"] = True
-                    elif hasattr(self.generator, "truncate"):
-                        prompt = self.generator.truncate(prompt)
-                        meta["truncated"] = True
-            if prompt in seen:
-                continue
-            seen.add(prompt)
-            out.append({"prompt": prompt, "meta": meta})
-            if len(out) >= n:
-                break
-        return out
-
-    @staticmethod
-    def _gen_key(generator) -> Any:
-        return generator.cache_key() if hasattr(generator, "cache_key") else {"name": generator.name}
-
-    def _render(self, prompts: Sequence[str], generator=None) -> tuple[list[list[Generation]], list[list[str]]]:
-        """Every (prompt, seed) image, from the cache or from ONE generator call."""
-        generator = generator or self.generator
-        gen_key = self._gen_key(generator)
-        keys = [[content_key("generation", gen_key, p, s) for s in self.seeds] for p in prompts]
-        out: list[list[Generation | None]] = [[None] * len(self.seeds) for _ in prompts]
-        missing: list[tuple[int, int]] = []
-        for i, p in enumerate(prompts):
-            for j, s in enumerate(self.seeds):
-                hit = self.cache.get_json(keys[i][j])
-                if hit is None:
-                    missing.append((i, j))
-                    continue
-                pngs = [self.cache.get_bytes(k) for k in hit["frames"]]
-                if any(b is None for b in pngs):
-                    missing.append((i, j))
-                    continue
-                out[i][j] = Generation(p, s, pngs_to_media(pngs, hit["video"]), hit["meta"])
-        if missing:
-            gens = generator.generate([prompts[i] for i, _ in missing], [self.seeds[j] for _, j in missing])
-            if len(gens) != len(missing):
-                raise RuntimeError(f"generator returned {len(gens)} generations for {len(missing)} requests")
-            for (i, j), g in zip(missing, gens):
-                out[i][j] = g
-                frames = media_to_pngs(g.media)
-                frame_keys = [f"{keys[i][j]}:f{k}" for k in range(len(frames))]
-                for fk, data in zip(frame_keys, frames):
-                    self.cache.put_bytes(fk, data)
-                self.cache.put_json(keys[i][j], {"frames": frame_keys, "video": isinstance(g.media, (list, tuple)),
-                                                 "meta": to_jsonable(g.meta)})
-        return out, keys  # type: ignore[return-value]
-
-    def _score(self, gens: list[Generation], gen_keys: list[str], intent: str) -> dict[str, list[Score]]:
-        """Each scorer's scores of ``gens``: cached ones reused, the rest in ONE call per scorer."""
-        result: dict[str, list[Score]] = {}
-        for scorer in self.scorers:
-            skey = scorer.cache_key() if hasattr(scorer, "cache_key") else scorer.name
-            keys = [content_key("score", skey, intent, g.prompt, k) for g, k in zip(gens, gen_keys)]
-            scores: list[Score | None] = []
-            for k in keys:
-                hit = self.cache.get_json(k)
-                scores.append(None if hit is None else Score(scorer.name, hit["value"], hit["details"]))
-            todo = [i for i, s in enumerate(scores) if s is None]
-            if todo:
-                fresh = scorer.score([gens[i] for i in todo], intent)
-                if len(fresh) != len(todo):
-                    raise RuntimeError(f"scorer {scorer.name!r} returned {len(fresh)} scores for {len(todo)} images")
-                for i, s in zip(todo, fresh):
-                    s = Score(scorer.name, float(s.value), to_jsonable(s.details))
-                    scores[i] = s
-                    self.cache.put_json(keys[i], {"value": s.value, "details": s.details})
-            result[scorer.name] = scores  # type: ignore[assignment]
-        return result
-
-    def _stream(self, prompts: list[str], seeds: list[int]):
-        """Yield the generator's output chunk by chunk (``generate_chunks`` when it has one).
-
-        With ``overlap`` and a generator that has ``generate_chunks``, a producer
-        thread renders chunk i+1 while the caller scores chunk i; the queue holds
-        at most one finished chunk, so memory stays bounded.
-        """
-        chunks = getattr(self.generator, "generate_chunks", None)
-        if not self.overlap or not callable(chunks):
-            # serial: chunk i is scored before chunk i+1 renders, so only one chunk's images
-            # (and their device copies) are in flight; a generator without chunks is one chunk
-            source = chunks(prompts, seeds) if callable(chunks) else (self.generator.generate(prompts, seeds)
-                                                                       for _ in range(1))
-            while True:
-                t0 = time.perf_counter()
-                chunk = next(source, None)
-                self.timings["generate"] += time.perf_counter() - t0
-                if chunk is None:
-                    return
-                yield list(chunk)
-        q: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for chunk in chunks(prompts, seeds):
-                    while not stop.is_set():
-                        try:
-                            q.put(("chunk", list(chunk)), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(("done", None))
-            except BaseException as e:  # handed to the consumer, which re-raises it
-                q.put(("error", e))
-
-        producer = threading.Thread(target=produce, name="mmopt-generate", daemon=True)
-        producer.start()
-        try:
-            while True:
-                t0 = time.perf_counter()
-                kind, value = q.get()
-                self.timings["generate"] += time.perf_counter() - t0  # time the GPU made us wait
-                if kind == "done":
-                    return
-                if kind == "error":
-                    raise value
-                yield value
-        finally:
-            stop.set()
-            producer.join()
-
-    def _evaluate(self, run_id, iteration, todo: list[dict], intent: str, trials: list[Trial]):
-        """Render, score and commit the candidates of one iteration, one trial at a time.
-
-        Pipelined: chunk i is scored while chunk i+1 renders; PNG encoding runs in a
-        thread pool; cache and store writes run in ONE writer thread, in order, so
-        trial k+1 is never committed before trial k. A trial is yielded (counts as
-        finished) only once its commit is done.
-        """
-        prompts = [c["prompt"] for c in todo]
-        n = len(self.seeds)
-        gen_key = self._gen_key(self.generator)
-        keys = [content_key("generation", gen_key, p, s) for p in prompts for s in self.seeds]
-        gens: list[Generation | None] = [None] * len(keys)
-        pngs: list[Any] = [None] * len(keys)  # list[bytes] per image, or a Future of it
-
-        # 1. cached images (their PNG bytes come with them)
-        missing = []
-        for idx, k in enumerate(keys):
-            hit = self.cache.get_json(k)
-            frames = None if hit is None else [self.cache.get_bytes(fk) for fk in hit["frames"]]
-            if frames is None or any(b is None for b in frames):
-                missing.append(idx)
-                continue
-            gens[idx] = Generation(prompts[idx // n], self.seeds[idx % n], pngs_to_media(frames, hit["video"]),
-                                   hit["meta"])
-            pngs[idx] = frames
-
-        # 2. cached scores
-        score_keys, scores = {}, {}
-        for scorer in self.scorers:
-            skey = scorer.cache_key() if hasattr(scorer, "cache_key") else scorer.name
-            score_keys[scorer.name] = [content_key("score", skey, intent, prompts[i // n], k) for i, k in enumerate(keys)]
-            row: list[Score | None] = []
-            for k in score_keys[scorer.name]:
-                hit = self.cache.get_json(k)
-                row.append(None if hit is None else Score(scorer.name, hit["value"], hit["details"]))
-            scores[scorer.name] = row
-
-        original = next((t for t in trials if t.index == 0), None)
+    def _evaluate(self, run: _Run, iteration: int, todo: list[tuple[Candidate, dict]]):
+        """Render, score and commit one iteration's candidates; yields each Trial once stored."""
+        original = next((t for t in run.trials if t.index == 0), None)
         baseline = original.scores if (original and iteration > 0) else None
-        next_index = max((t.index for t in trials), default=-1) + 1
-        t_render = t_score = 0.0
-        commits: list[tuple[Trial, Future]] = []
+        next_index = max((t.index for t in run.trials), default=-1) + 1
 
-        pool, writer = self._executors()
+        def commit(ev: Evaluated, pngs: list) -> Trial:
+            c = ev.candidate
+            trial = Trial(
+                index=next_index + ev.position, iteration=iteration, prompt=c.text,
+                objective=ev.evaluation.objective, scores=ev.evaluation.means, feasible=ev.evaluation.feasible,
+                feedback=ev.evaluation.feedback, negative=c.negative, payload=c.payload,
+                meta={**todo[ev.position][1], "violations": ev.evaluation.violations, "seeds": ev.seeds,
+                      "render_s": ev.render_s, "score_s": ev.score_s},
+                details={name: [sc.details for sc in lst] for name, lst in ev.scores.items()},
+            )
+            if self.store:
+                self.store.save_trial(run.run_id, trial, ev.generations, ev.scores, ev.keys, pngs=pngs)
+            return trial
 
-        def score_ready(indices: list[int]) -> None:
-            nonlocal t_score
-            t0 = time.perf_counter()
-            for scorer in self.scorers:
-                row = scores[scorer.name]
-                need = [i for i in indices if row[i] is None and gens[i] is not None]
-                if not need:
-                    continue
-                fresh = scorer.score([gens[i] for i in need], intent)
-                if len(fresh) != len(need):
-                    raise RuntimeError(f"scorer {scorer.name!r} returned {len(fresh)} scores for {len(need)} images")
-                for i, sc in zip(need, fresh):
-                    row[i] = Score(scorer.name, float(sc.value), to_jsonable(sc.details))
-                    writer.submit(self.cache.put_json, score_keys[scorer.name][i],
-                                  {"value": row[i].value, "details": row[i].details})
-            dt = time.perf_counter() - t0
-            t_score += dt
-            self.timings["score"] += dt
+        for ev in self.evaluator.evaluate([c for c, _ in todo], self.seeds, run.clean_intent, baseline=baseline,
+                                          commit=commit, timings=run.timings, executors=run.executors):
+            yield ev.committed
 
-        def commit_ready() -> None:
-            # trials whose every image is rendered and scored, in candidate order
-            while len(commits) < len(todo):
-                i = len(commits)
-                span = range(i * n, (i + 1) * n)
-                if not all(gens[j] is not None and all(scores[s.name][j] is not None for s in self.scorers)
-                           for j in span):
-                    return
-                per = {name: row[i * n:(i + 1) * n] for name, row in scores.items()}
-                ev = self.objective.evaluate(per, baseline)
-                trial = Trial(
-                    index=next_index + i, iteration=iteration, prompt=todo[i]["prompt"], objective=ev.objective,
-                    scores=ev.means, feasible=ev.feasible, feedback=ev.feedback,
-                    meta={**todo[i]["meta"], "violations": ev.violations, "seeds": self.seeds,
-                          "render_s": t_render / len(todo), "score_s": t_score / len(todo)},
-                    details={name: [sc.details for sc in lst] for name, lst in per.items()},
-                )
-                commits.append((trial, writer.submit(self._commit, run_id, trial, [gens[j] for j in span], per,
-                                                     [keys[j] for j in span], [pngs[j] for j in span])))
+    def _rescore(self, run: _Run, trials: list[Trial], seeds: list[int], generator: Any, label: str) -> dict:
+        """``{"original", "best"}`` re-evaluated on ``seeds`` (and/or with ``generator``).
 
-        # 3. images and scores that were cached: score what lacks a score, commit what is whole
-        score_ready([i for i in range(len(keys)) if gens[i] is not None])
-        commit_ready()
-        # 4. render the rest chunk by chunk; encode PNGs and write the cache beside it
-        t_start = time.perf_counter()
-        t_scored_before = t_score
-        pos = 0
-        stream = self._stream([prompts[i // n] for i in missing], [self.seeds[i % n] for i in missing])
-        try:
-            for chunk in stream:
-                idxs = missing[pos:pos + len(chunk)]
-                if len(chunk) > len(missing) - pos:
-                    raise RuntimeError(f"generator returned more generations than the {len(missing)} requested")
-                pos += len(chunk)
-                for i, g in zip(idxs, chunk):
-                    gens[i] = g
-                    pngs[i] = pool.submit(media_to_pngs, g.media)
-                    writer.submit(self._put_generation, keys[i], _without_pixels(g), pngs[i])
-                t_render = time.perf_counter() - t_start - (t_score - t_scored_before)
-                score_ready(idxs)
-                for i in idxs:  # scored: device copies are no longer needed (only one chunk's stay alive)
-                    gens[i] = _without_pixels(gens[i])
-                commit_ready()
-        finally:
-            stream.close()  # stops the producer thread, on errors too
-        if pos != len(missing):
-            raise RuntimeError(f"generator returned {pos} generations for {len(missing)} requests")
-        # 5. trials are finished when committed, in order
-        for trial, done in commits:
-            t0 = time.perf_counter()
-            done.result()
-            self.timings["write_wait"] += time.perf_counter() - t0
-            yield trial
-
-    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        """The PNG pool and the single writer thread, created once per run (threads and their
-        allocator arenas are reused across iterations)."""
-        if getattr(self, "_pool", None) is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmopt-png")
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mmopt-writer")
-        return self._pool, self._writer
-
-    def _close_executors(self) -> None:
-        """Wait for every queued write, then stop the threads."""
-        proposer = getattr(self, "_proposer_thread", None)
-        self._proposer_thread = None
-        if proposer is not None:
-            proposer.shutdown(wait=True)  # a proposal in flight finishes (and is stored) first
-        pool, writer = getattr(self, "_pool", None), getattr(self, "_writer", None)
-        self._pool = self._writer = None
-        if pool is not None:
-            pool.shutdown(wait=True)
-            writer.shutdown(wait=True)
-
-    def _put_generation(self, key: str, g: Generation, frames: Any) -> None:
-        """Writer thread: one generation's PNG frames and metadata into the cache."""
-        frames = frames.result() if isinstance(frames, Future) else frames
-        frame_keys = [f"{key}:f{k}" for k in range(len(frames))]
-        for fk, data in zip(frame_keys, frames):
-            self.cache.put_bytes(fk, data)
-        self.cache.put_json(key, {"frames": frame_keys, "video": isinstance(g.media, (list, tuple)),
-                                  "meta": to_jsonable(g.meta)})
-
-    def _commit(self, run_id, trial: Trial, gens, per, keys, frames) -> None:
-        """Writer thread: commit one trial (media + rows in one transaction)."""
-        if self.store:
-            frames = [f.result() if isinstance(f, Future) else f for f in frames]
-            self.store.save_trial(run_id, trial, gens, per, keys, pngs=frames)
-
-    def _score_prompts(self, intent: str, prompts: Sequence[str], generator=None) -> list[dict[str, list[Score]]]:
-        """Per prompt, each scorer's scores on the search seeds (rendered and scored through the cache)."""
-        gens, keys = self._render(list(prompts), generator)
-        scores = self._score([g for row in gens for g in row], [k for row in keys for k in row], intent)
-        n = len(self.seeds)
-        return [{name: lst[i * n:(i + 1) * n] for name, lst in scores.items()} for i in range(len(prompts))]
-
-    def _final_rescore(self, intent: str, best: Trial, original: Trial) -> dict:
-        """The best prompt and the original, re-rendered with the final generator and re-scored."""
+        The original is evaluated first: its means are the baseline of ``max_drop`` constraints.
+        """
         t0 = time.perf_counter()
-        # the original first: its means are the baseline of the constraints
-        prompts = list(dict.fromkeys([original.prompt, best.prompt]))
-        per_prompt = self._score_prompts(intent, prompts, self.final_generator)
-        evals = {original.prompt: self.objective.evaluate(per_prompt[0])}
-        evals[best.prompt] = self.objective.evaluate(per_prompt[-1], evals[original.prompt].means) \
-            if len(prompts) == 2 else evals[original.prompt]
+        original, best = trials
+        cands = list(dict.fromkeys([original.candidate, best.candidate]))
+        evs = self.evaluator.evaluate_all(cands[:1], seeds, run.clean_intent, generator=generator,
+                                          timings=run.timings)
+        if len(cands) == 2:
+            evs += self.evaluator.evaluate_all(cands[1:], seeds, run.clean_intent, generator=generator,
+                                               baseline=evs[0].evaluation.means, timings=run.timings)
+        by_cand = {ev.candidate: ev for ev in evs}
 
-        def final(t: Trial) -> Trial:
-            ev = evals[t.prompt]
+        def as_trial(t: Trial) -> Trial:
+            ev = by_cand[t.candidate].evaluation
             return Trial(t.index, -1, t.prompt, ev.objective, ev.means, ev.feasible, ev.feedback,
-                         meta={"final": True, "violations": ev.violations})
+                         meta={label: True, "violations": ev.violations, "seeds": list(seeds)},
+                         negative=t.negative, payload=t.payload)
 
-        self.timings["final"] += time.perf_counter() - t0
-        return {"original": final(original), "best": final(best)}
+        run.timings[label] = run.timings.get(label, 0.0) + time.perf_counter() - t0
+        return {"original": as_trial(original), "best": as_trial(best)}
+
+    def _restore_media(self, run: _Run) -> None:
+        """Put back media files deleted from a stored run: from the cache, else re-rendered."""
+        missing = self.store.missing_media(run.run_id)
+        if not missing:
+            return
+        by_index = {t.index: t for t in run.trials}
+        rerender = []
+        for m in missing:
+            data = self.evaluator.media_bytes(m["cache_key"], m["frame"]) if m["cache_key"] else None
+            if data is not None:
+                self.store.restore_media(m["path"], data)
+            elif m["trial"] in by_index:
+                rerender.append(m)
+        if rerender:
+            from mmopt.store import media_to_pngs
+
+            gens = self.generator.generate([by_index[m["trial"]].candidate for m in rerender],
+                                           [m["seed"] for m in rerender])
+            for m, g in zip(rerender, gens):
+                self.store.restore_media(m["path"], media_to_pngs(g.media)[m["frame"]])
+        log.warning("run %s: restored %d missing media file(s)", run.run_id, len(missing))
 
     # ------------------------------------------------------------ utilities
-    def evaluate_prompts(self, intent: str, prompts: Sequence[str], seeds: Sequence[int]) -> list[Trial]:
-        """Score ``prompts`` on other ``seeds`` (e.g. held-out seeds) without touching the store."""
-        saved = self.seeds
-        try:
-            self.seeds = list(seeds)
-            evals = [self.objective.evaluate(per) for per in self._score_prompts(intent, prompts)]
-        finally:
-            self.seeds = saved
-        return [Trial(i, -1, p, ev.objective, ev.means, ev.feasible, ev.feedback)
-                for i, (p, ev) in enumerate(zip(prompts, evals))]
+    def evaluate_prompts(self, intent: str, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> list[Trial]:
+        """Score ``prompts`` on ``seeds`` (e.g. held-out seeds) through the cache, without the store."""
+        seeds = self._check_seeds(seeds, "seeds")
+        evs = self.evaluator.evaluate_all(list(prompts), seeds, intent)
+        return [Trial(i, -1, ev.candidate.text, ev.evaluation.objective, ev.evaluation.means,
+                      ev.evaluation.feasible, ev.evaluation.feedback, negative=ev.candidate.negative,
+                      payload=ev.candidate.payload, meta={"seeds": seeds}) for i, ev in enumerate(evs)]

@@ -1,15 +1,23 @@
-"""Strategies: which trials survive into the history the proposer sees.
+"""Strategies: which trials the proposer sees, in which order, with which labels.
 
-The loop evaluates every candidate; a strategy only decides what the next
-proposal is conditioned on. OPT2I conditions on the top-k trials so far
-(``TopKHistory``); a beam keeps fewer, stronger parents and forgets the rest
-(``BeamHistory``). New search methods are new strategies, not new loops.
+The loop evaluates every candidate; a strategy decides what the next
+proposal is conditioned on, and owns that history completely: proposers show
+it as it is and never re-sort or re-filter it. The order is the one the
+OPT2I meta-prompt uses: worst first, best last, with every infeasible trial
+before every feasible one (so the last line is always the best trial that
+meets the constraints, and a trial that broke one is never presented as the
+best). Each trial carries its label (``Trial.status``) and feedback.
+
+OPT2I conditions on the top-k trials so far (``TopKHistory``); a beam keeps
+fewer, stronger parents and forgets the rest (``BeamHistory``). New search
+methods are new strategies, not new loops.
 """
 from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from mmopt.types import Trial
+from mmopt.component import Configurable
+from mmopt.types import Trial, rank_key
 
 
 @runtime_checkable
@@ -17,17 +25,23 @@ class Strategy(Protocol):
     name: str
 
     def history(self, trials: Sequence[Trial]) -> list[Trial]:
-        """Trials to show the proposer, sorted ascending by objective (best last)."""
+        """Trials to show the proposer, in display order (infeasible first, then feasible ascending)."""
         ...
 
-
-def _rank(trials: Sequence[Trial]) -> list[Trial]:
-    # Feasible trials first; among equals the earlier trial wins (stable, seed-free).
-    return sorted(trials, key=lambda t: (t.feasible, t.objective, -t.index), reverse=True)
+    def config(self) -> dict: ...
 
 
-class TopKHistory:
-    """OPT2I's history: the ``k`` best trials so far, infeasible ones last.
+def display_order(trials: Sequence[Trial]) -> list[Trial]:
+    """``trials`` worst first, best last, infeasible before feasible (``rank_key`` ascending)."""
+    return sorted(trials, key=rank_key)
+
+
+def _top(trials: Sequence[Trial], k: int) -> list[Trial]:
+    return sorted(trials, key=rank_key, reverse=True)[:k]
+
+
+class TopKHistory(Configurable):
+    """OPT2I's history: the ``k`` best trials so far (feasible ones rank first).
 
     >>> ts = [Trial(i, 0, f"p{i}", o, {}) for i, o in enumerate([0.1, 0.5, 0.3])]
     >>> [t.prompt for t in TopKHistory(2).history(ts)]
@@ -37,15 +51,16 @@ class TopKHistory:
     name = "topk"
 
     def __init__(self, k: int = 10):
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"history size k must be an int >= 1, got {k!r}")
         self.k = k
+        self.register_config(k=k)
 
     def history(self, trials: Sequence[Trial]) -> list[Trial]:
-        return list(reversed(_rank(trials)[: self.k]))
+        return display_order(_top(trials, self.k))
 
 
-class BeamHistory:
+class BeamHistory(Configurable):
     """A beam: only the ``width`` best trials of the *latest two iterations*.
 
     Older trials drop out even if good, so the proposer keeps moving away from
@@ -55,16 +70,17 @@ class BeamHistory:
     name = "beam"
 
     def __init__(self, width: int = 3):
-        if not isinstance(width, int) or width < 1:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"beam width must be an int >= 1, got {width!r}")
         self.width = width
+        self.register_config(width=width)
 
     def history(self, trials: Sequence[Trial]) -> list[Trial]:
         if not trials:
             return []
         last = max(t.iteration for t in trials)
         recent = [t for t in trials if t.iteration >= last - 1]
-        return list(reversed(_rank(recent)[: self.width]))
+        return display_order(_top(recent, self.width))
 
 
 STRATEGIES = {"topk": TopKHistory, "beam": BeamHistory}

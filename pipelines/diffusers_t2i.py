@@ -38,8 +38,9 @@ import torch
 from mmopt.device import dtype_name, pick_device, pick_dtype
 from mmopt.pipelines import fast
 from mmopt.errors import ModelLoadError
-from mmopt.hub import check_hub_repo, local_dir_fingerprint
-from mmopt.types import Generation
+from mmopt.fingerprint import dir_fingerprint
+from mmopt.hub import check_hub_repo
+from mmopt.types import Candidate, Generation
 
 PROMPT_STYLES = ("tags", "sentences")
 PRESET_FILE = "mmopt_preset.json"  # optional preset inside a local pipeline directory
@@ -232,7 +233,8 @@ class DiffusersGenerator:
             local_preset = _read_json(local / PRESET_FILE, "preset") if (local / PRESET_FILE).is_file() else None
             source, local_files_only = str(local.resolve()), True
             self.model_id = source
-            self.revision = local_dir_fingerprint(local)
+            self.local = True
+            self.revision = dir_fingerprint(local)
         else:
             check = check_hub_repo(model, what="diffusers pipeline", revision=revision,
                                    probe_file="model_index.json", timeout=timeout)
@@ -249,6 +251,7 @@ class DiffusersGenerator:
             local_preset = None
             source, local_files_only = model, check.local_files_only
             self.model_id = model
+            self.local = False
             self.revision = check.revision or revision or "main"
         self.pipeline_class = str(index.get("_class_name", ""))
 
@@ -335,9 +338,9 @@ class DiffusersGenerator:
 
     # ------------------------------------------------------------------ generate
 
-    def _check_inputs(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[int]]:
+    def _check_inputs(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> tuple[list[Candidate], list[int]]:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError(f"prompts must be a sequence of strings, got {type(prompts).__name__}")
+            raise TypeError(f"prompts must be a sequence of prompts (strings or Candidates), got {type(prompts).__name__}")
         if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
             raise TypeError(f"seeds must be a sequence of ints, got {type(seeds).__name__}")
         if len(prompts) != len(seeds):
@@ -346,23 +349,30 @@ class DiffusersGenerator:
                 f"{len(prompts)} prompts and {len(seeds)} seeds. For every prompt x seed, pass "
                 f"[p for p in prompts for s in seeds] and [s for p in prompts for s in seeds]"
             )
+        cands = []
         for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise TypeError(f"prompts[{i}] must be a string, got {type(p).__name__}")
-            if not p.strip():
-                raise ValueError(f"prompts[{i}] is empty or whitespace ({p!r}); expected text to render")
+            if not isinstance(p, (str, Candidate)):
+                raise TypeError(f"prompts[{i}] must be a string or a Candidate, got {type(p).__name__}")
+            c = Candidate.of(p)
+            if not c.text.strip():
+                raise ValueError(f"prompts[{i}] is empty or whitespace ({c.text!r}); expected text to render")
+            cands.append(c)
         for i, s in enumerate(seeds):
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2 ** 63:
                 raise ValueError(f"seeds[{i}] must be an int in [0, 2**63), got {s!r}")
-        return list(prompts), list(seeds)
+        return cands, list(seeds)
 
-    def _call_args(self, prompts: list[str], seeds: list[int]) -> dict:
+    def negative_for(self, candidate: Candidate) -> str | None:
+        """The negative prompt ``candidate`` renders with: its own, else the preset's."""
+        return candidate.negative if candidate.negative is not None else self.preset.get("negative_prompt")
+
+    def _call_args(self, cands: list[Candidate], seeds: list[int]) -> dict:
         """Pipeline arguments for one chunk; each image gets its own seeded generator."""
         p = self.preset
         # mps generators are not reliably reproducible: draw the noise on the cpu there
         gen_device = "cpu" if self.device.startswith("mps") else self.device
         args = {
-            "prompt": prompts,
+            "prompt": [c.text for c in cands],
             "num_inference_steps": int(p["steps"]),
             "guidance_scale": float(p["guidance"]),
             "generator": [torch.Generator(device=gen_device).manual_seed(s) for s in seeds],
@@ -372,8 +382,10 @@ class DiffusersGenerator:
             args["height"] = int(p["height"])
         if p.get("width"):
             args["width"] = int(p["width"])
-        if p.get("negative_prompt"):
-            args["negative_prompt"] = [p["negative_prompt"]] * len(prompts)
+        negatives = [self.negative_for(c) for c in cands]
+        if any(negatives):
+            # "" encodes exactly like no negative prompt (the unconditional branch is the empty prompt)
+            args["negative_prompt"] = [neg or "" for neg in negatives]
         args.update(p["call_kwargs"])
         takes_any = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in self._call_params.values())
         if not takes_any:
@@ -383,8 +395,9 @@ class DiffusersGenerator:
             args = {k: v for k, v in args.items() if k in self._call_params}
         return args
 
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Generation]:
-        """Render ``prompts[i]`` with ``seeds[i]`` for every i; one Generation each, in order.
+    def generate(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> list[Generation]:
+        """Render ``prompts[i]`` (a prompt or a Candidate, whose negative prompt wins over the
+        preset's) with ``seeds[i]`` for every i; one Generation each, in order.
 
         Pairs are rendered in chunks of at most ``max_batch`` images. A prompt
         over the token budget is rendered as the pipeline truncates it; a
@@ -397,7 +410,7 @@ class DiffusersGenerator:
         """
         return [g for chunk in self.generate_chunks(prompts, seeds) for g in chunk]
 
-    def generate_chunks(self, prompts: Sequence[str], seeds: Sequence[int]):
+    def generate_chunks(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]):
         """Like :meth:`generate`, but yields the Generations chunk by chunk as they are rendered.
 
         The loop scores chunk i while this renders chunk i+1 (see ``Optimizer``).
@@ -412,12 +425,12 @@ class DiffusersGenerator:
             return
 
         # 2. measure prompts against the encoder's window
-        n_tokens = [self.count_tokens(p) for p in prompts]
+        n_tokens = [self.count_tokens(p.text) for p in prompts]
         for p, n in zip(prompts, n_tokens):
             if n > self.max_prompt_tokens:
                 warnings.warn(
                     f"prompt has {n} tokens, over the {self.max_prompt_tokens}-token window of "
-                    f"{self.model_id}; the last {n - self.max_prompt_tokens} are dropped: {p[:60]!r}...",
+                    f"{self.model_id}; the last {n - self.max_prompt_tokens} are dropped: {p.text[:60]!r}...",
                     stacklevel=2,
                 )
 
@@ -471,7 +484,7 @@ class DiffusersGenerator:
                     "guidance": float(self.preset["guidance"]),
                     "height": image.height,
                     "width": image.width,
-                    "negative_prompt": self.preset.get("negative_prompt"),
+                    "negative_prompt": self.negative_for(prompts[k]),
                     "latency_s": latency,
                     "batch_size": size,
                     "prompt_tokens": n_tokens[k],
@@ -479,7 +492,7 @@ class DiffusersGenerator:
                 }
                 if tiny:
                     meta["decoder"] = "tiny"
-                chunk.append(Generation(prompt=prompts[k], seed=seeds[k], media=image, meta=meta,
+                chunk.append(Generation(candidate=prompts[k], seed=seeds[k], media=image, meta=meta,
                                         pixels=None if pixels is None else pixels[j]))
             i += size
             yield chunk
@@ -517,18 +530,19 @@ class DiffusersGenerator:
 
     # ------------------------------------------------------------------ cache
 
-    def cache_key(self) -> dict:
-        """Everything that determines an image besides (prompt, seed).
+    def config(self) -> dict:
+        """Everything that determines an image besides (candidate, seed): this generator's identity.
 
-        >>> sorted(gen.cache_key())                                          # doctest: +SKIP
-        ['call_kwargs', 'device', 'diffusers', 'dtype', 'generator', 'guidance', ...]
+        >>> sorted(gen.config())                                             # doctest: +SKIP
+        ['call_kwargs', 'component', 'device', 'diffusers', 'dtype', 'guidance', ...]
         """
         import diffusers
 
         p = self.preset
         return {
-            "generator": "diffusers",
-            "model": self.model_id,
+            "component": "mmopt.pipelines.diffusers_t2i.DiffusersGenerator",
+            # a local folder is named by its content (self.revision), not by where it lies
+            "model": "local" if self.local else self.model_id,
             "revision": self.revision,
             "variant": self.variant,
             "pipeline": self.pipeline_class,

@@ -166,6 +166,10 @@ class AestheticScorer:
                 f"the CLIP model gives {dim}-d image embeddings but the aesthetic MLP expects "
                 f"{self.mlp.input_dim}-d; use the CLIP the weights were trained on")
 
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.aesthetic.AestheticScorer", "weights_sha256": self.sha256,
+                "clip": self.clip}
+
     @torch.no_grad()
     def predict(self, images: Sequence[Any]) -> list[float]:
         """Aesthetic ratings of RGB PIL images (one float each)."""

@@ -46,7 +46,8 @@ from PIL import Image
 
 from mmopt.device import check_compile_mode, compile_in_place, dtype_name, pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
-from mmopt.hub import check_hub_repo, is_offline, local_dir_fingerprint
+from mmopt.fingerprint import dir_fingerprint
+from mmopt.hub import check_hub_repo, is_offline
 from mmopt.types import Generation, Score
 
 from .media import check_intent
@@ -134,7 +135,7 @@ def _check_reachable(oc_name: str, tag: str | None, kind: str, timeout: float) -
     if kind == "local":
         path = Path(oc_name[len("local-dir:"):])
         _check_local_dir(path)
-        return local_dir_fingerprint(path)
+        return dir_fingerprint(path)
     if kind == "hf-hub":
         repo = oc_name[len("hf-hub:"):]
         return check_hub_repo(repo, what="open_clip model", probe_file=("open_clip_config.json",),
@@ -142,7 +143,7 @@ def _check_reachable(oc_name: str, tag: str | None, kind: str, timeout: float) -
     cfg = open_clip.get_pretrained_cfg(oc_name, tag)
     if not cfg:
         if tag and Path(tag).expanduser().is_file():  # a checkpoint file given as the tag
-            return local_dir_fingerprint(Path(tag).expanduser().parent)
+            return dir_fingerprint(Path(tag).expanduser().parent)
         raise ModelLoadError(
             f"open_clip model {oc_name!r} has no pretrained tag {tag!r}; known tags: "
             f"{open_clip.list_pretrained_tags_by_model(oc_name)}"
@@ -305,7 +306,7 @@ class CLIPScoreScorer:
         timeout: seconds to wait for the hub before failing with ModelLoadError.
         preprocess: "pil", "tensor" or "auto" (see ``PREPROCESS_MODES``): where images are
             resized and normalised. "tensor" scores can differ from "pil" ones in the third
-            decimal (resampling), so the mode is part of ``cache_key``.
+            decimal (resampling), so the mode is part of ``config()``.
         compile: a ``torch.compile`` mode (``mmopt.device.COMPILE_MODES``) for the image
             tower, or None. Batches are then padded to ``batch_size`` so the compiled
             tower (or its CUDA graph) sees one shape. The tower is shared by every scorer
@@ -492,13 +493,13 @@ class CLIPScoreScorer:
         return [Score(scorer=self.name, value=self.clip_score_from_cosine(float(c)), details={"cosine": float(c)})
                 for c in mean_cos]
 
-    def cache_key(self) -> dict:
-        """Everything that determines a score besides (image, intent)."""
-        key = {"scorer": "clip", "model": self.model_name, "revision": self.revision,
-               "w": self.w, "dtype": dtype_name(self.dtype), "device": self.device.split(":")[0]}
-        if self.preprocess_mode != "pil":  # the reference path keeps the keys it always had
-            key["preprocess"] = self.preprocess_mode
-        return key
+    def config(self) -> dict:
+        """Everything that determines a score besides (image, intent): this scorer's identity."""
+        from mmopt.fingerprint import weights_record
+
+        return {"component": "mmopt.scorers.clip.CLIPScoreScorer", **weights_record(str(self.model_name), self.revision),
+                "w": self.w, "dtype": dtype_name(self.dtype),
+                "device": self.device.split(":")[0], "preprocess": self.preprocess_mode}
 
     def __repr__(self) -> str:
         return f"CLIPScoreScorer({self.model_name!r}, device={self.device!r})"

@@ -62,6 +62,10 @@ class ConceptScorer:
         self.value_range = tuple(getattr(self.clip, "value_range", (0.0, 2.5)))
         self.name = name or f"concepts:{clip_label(clip, self.clip)}"
 
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.concepts.ConceptScorer", "clip": self.clip,
+                "decomposer": self.decomposer, "combine": self.combine, "k_weakest": self.k_weakest}
+
     def _combine(self, global_score: float, concept_scores: list[float]) -> float:
         low, mean = min(concept_scores), sum(concept_scores) / len(concept_scores)
         return {"global_min": (global_score + low) / 2, "global_mean": (global_score + mean) / 2,
@@ -92,6 +96,10 @@ class ConceptScorer:
         return out
 
 
-def from_name(rest: str = "", **kwargs) -> ConceptScorer:
-    """Registry factory: ``"concepts:ViT-B-32/openai"``; kwargs ``llm=``, ``combine=``, ``k_weakest=``."""
-    return ConceptScorer(rest or "ViT-B-32/openai", **kwargs)
+def from_name(rest: str = "", *, context: Any = None, llm: Any = None, **kwargs) -> ConceptScorer:
+    """Registry factory: ``"concepts:ViT-B-32/openai"``; kwargs ``llm=`` (``"run"``: the run's LLM),
+    ``combine=``, ``k_weakest=``."""
+    from mmopt.scorers.dcs import run_llm
+
+    kwargs.setdefault("cache", getattr(context, "cache", None))
+    return ConceptScorer(rest or "ViT-B-32/openai", llm=run_llm(llm, context), **kwargs)

@@ -123,6 +123,10 @@ class DecomposedCLIPScore:
         self.value_range = tuple(getattr(self.clip, "value_range", (0.0, 1.0)))
         self.name = name or f"dcs:{clip_label(clip, self.clip)}"
 
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.dcs.DecomposedCLIPScore", "clip": self.clip,
+                "decomposer": self.decomposer, "k_weakest": self.k_weakest}
+
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         """One dCS per generation (video: phrase scores averaged over frames first)."""
         decomposition = self.decomposer.decompose(intent)
@@ -143,6 +147,15 @@ class DecomposedCLIPScore:
         return out
 
 
-def from_name(rest: str = "", **kwargs) -> DecomposedCLIPScore:
-    """Registry factory: ``"dcs:ViT-B-32/openai"`` (any CLIP name); kwargs ``llm=``, ``k_weakest=``."""
-    return DecomposedCLIPScore(rest or "ViT-B-32/openai", **kwargs)
+def run_llm(llm: Any, context: Any) -> Any:
+    """``llm="run"`` means the run's LLM (from the registry's run context)."""
+    if llm == "run":
+        return context.get_llm("the concept decomposition (llm='run')")
+    return llm
+
+
+def from_name(rest: str = "", *, context: Any = None, llm: Any = None, **kwargs) -> DecomposedCLIPScore:
+    """Registry factory: ``"dcs:ViT-B-32/openai"`` (any CLIP name); kwargs ``llm=`` (an LLM, a
+    registry name, or ``"run"`` for the run's LLM; default: rule-based phrases), ``k_weakest=``."""
+    kwargs.setdefault("cache", getattr(context, "cache", None))
+    return DecomposedCLIPScore(rest or "ViT-B-32/openai", llm=run_llm(llm, context), **kwargs)

@@ -147,6 +147,10 @@ class Decomposer:
         self._memo: dict[str, Decomposition] = {}
         self._lock = threading.Lock()
 
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.decompose.Decomposer", "llm": self.llm, "template": self.template,
+                "max_tokens": self.max_tokens}
+
     def decompose(self, intent: str) -> Decomposition:
         """The noun phrases of ``intent`` (cached per intent)."""
         if not isinstance(intent, str) or not intent.strip():

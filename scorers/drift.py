@@ -123,6 +123,13 @@ class DriftGuard:
         self._cache: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
+    def config(self) -> dict:
+        from mmopt.fingerprint import weights_record
+
+        return {"component": "mmopt.scorers.drift.DriftGuard", **weights_record(self.model_id),
+                "threshold": self.threshold,
+                "max_length": self.max_length}
+
     # -- embeddings -----------------------------------------------------------
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from mmopt.cache import Cache, content_key
+from mmopt.component import identity
 from mmopt.types import DSGQuestion, Generation, Score, VQAAnswer
 
 from .media import check_generations, check_intent
@@ -389,19 +390,22 @@ class DSGQuestionGenerator:
             raise ValueError("template must be a string containing the placeholder '{prompt}'")
         self.llm = llm
         self.template = template
-        self.cache = cache if cache is not None else Cache()
+        self.cache = cache if cache is not None else Cache(":memory:")
         self.seed = int(seed)
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
         self.name = f"dsg-qg:{getattr(llm, 'name', type(llm).__name__)}"
+
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.dsg.DSGQuestionGenerator", "llm": self.llm, "template": self.template,
+                "seed": self.seed, "temperature": self.temperature, "max_tokens": self.max_tokens}
 
     def generate_with_info(self, prompt: str) -> tuple[list[DSGQuestion], dict]:
         """Questions for ``prompt`` and info ``{"fallback", "cached", "raw"}``."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         # 1. cache lookup
-        key = content_key("dsg-questions", getattr(self.llm, "name", type(self.llm).__name__),
-                          self.template, prompt, self.seed, self.temperature, self.max_tokens)
+        key = content_key("dsg-questions", identity(self), prompt)
         hit = self.cache.get_json(key)
         cached = hit is not None
         if cached:
@@ -428,6 +432,28 @@ class DSGQuestionGenerator:
 # ---------------------------------------------------------------------------
 
 QuestionSource = Callable[[str], Sequence[DSGQuestion]]
+
+
+class QuestionFile:
+    """Questions read from a DSG-1k style CSV, looked up by prompt text.
+
+    Its identity is the file's content fingerprint, so an edited file re-scores.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.expanduser(os.fspath(path))
+        if not os.path.isfile(self.path):
+            raise ValueError(f"DSG question file not found: {self.path!r} (expected a DSG-1k style CSV)")
+        bank = load_dsg_csv(self.path)
+        self.questions = {bank.texts[k]: v for k, v in bank.items() if k in bank.texts}
+
+    def config(self) -> dict:
+        from mmopt.fingerprint import file_fingerprint
+
+        return {"component": "mmopt.scorers.dsg.QuestionFile", "file": file_fingerprint(self.path)}
+
+    def __call__(self, prompt: str) -> list[DSGQuestion]:
+        return list(self.questions.get(prompt, ()))
 
 
 def _check_questions(qs: Any, source: str) -> list[DSGQuestion]:
@@ -471,6 +497,7 @@ class DSGScorer:
     """
 
     value_range = (0.0, 1.0)
+    config_version = 1  # bump when dsg_aggregate or the feedback changes
 
     def __init__(self, vqa: Any, *, questions: QuestionSource | Mapping[str, Sequence[DSGQuestion]] | None = None,
                  llm: Any = None, name: str | None = None, cache: Cache | None = None):
@@ -485,6 +512,13 @@ class DSGScorer:
         self.source = questions if questions is not None else DSGQuestionGenerator(llm, cache=cache)
         self.name = name or f"dsg:{getattr(vqa, 'name', type(vqa).__name__)}"
         self._memo: dict[str, tuple[list[DSGQuestion], bool]] = {}
+
+    def config(self) -> dict:
+        source = self.source
+        if isinstance(source, Mapping):  # an in-memory bank: identified by its content
+            source = {k: [vars(q) for q in v] for k, v in sorted(source.items())}
+        return {"component": "mmopt.scorers.dsg.DSGScorer", "version": self.config_version,
+                "vqa": self.vqa, "questions": source}
 
     def questions_for(self, intent: str) -> tuple[list[DSGQuestion], bool]:
         """(questions, fallback) for ``intent``; memoised per scorer."""
@@ -538,24 +572,42 @@ class DSGScorer:
         return out
 
 
-def from_name(rest: str, *, questions: Any = None, llm: Any = None, cache: Cache | None = None,
+def from_name(rest: str, *, context: Any = None, questions: Any = None, llm: Any = None,
               **vqa_kwargs: Any) -> DSGScorer:
-    """Registry factory: ``"dsg:<vqa name>"``, e.g. ``dsg:blip-vqa``, ``dsg:qwen2.5-vl-7b``, ``dsg:shapes``.
+    """Registry factory: ``"dsg:<vqa name>"``, e.g. ``dsg:blip-vqa``, ``dsg:qwen2.5-vl-3b``, ``dsg:shapes``.
 
     ``<vqa name>`` is a VQA registry name or an alias from assets/vqa_models.json.
-    ``llm`` may be an LLM or an LLM registry name (``"smollm2"``); ``questions``
-    a callable, a mapping, or a path to a DSG-1k style CSV (then keyed by prompt text).
+    Where the questions come from (``questions=``):
+      * ``None`` / ``"llm"`` (default): written by an LLM, ``llm=`` (object or registry
+        name) or else the run's LLM (``--llm``);
+      * ``"shapes"``: the ShapesWorld caption parser (exact, no LLM);
+      * a path to a DSG-1k style CSV (looked up by prompt text);
+      * a callable ``prompt -> list[DSGQuestion]`` or a mapping prompt -> questions.
     """
     from mmopt import registry
     from mmopt.scorers.vqa import resolve_vqa_spec
 
     if not rest:
-        raise ValueError("dsg needs a VQA backend: 'dsg:<vqa>', e.g. 'dsg:blip-vqa' or 'dsg:qwen2.5-vl-7b'")
+        raise ValueError("dsg needs a VQA backend: 'dsg:<vqa>', e.g. 'dsg:blip-vqa' or 'dsg:qwen2.5-vl-3b'")
+    # 1. where the questions come from (checked before any model loads)
+    if questions == "shapes":
+        from mmopt.shapesworld.parse import dsg_questions
+
+        questions = dsg_questions
+    elif isinstance(questions, (str, os.PathLike)) and questions != "llm":
+        questions = QuestionFile(questions)
+    elif questions is None or questions == "llm":
+        questions = None
+        if isinstance(llm, (str, dict)):
+            llm = registry.create("llm", llm)
+        if llm is None:
+            if context is None or context.llm is None:
+                raise ValueError(
+                    f"dsg:{rest} needs a question source: give the run an LLM to write the DSG questions "
+                    "(--llm, e.g. --llm smollm2), or questions='shapes' (the ShapesWorld caption parser) "
+                    "or questions='<path to a DSG-1k CSV>' in the scorer's kwargs")
+            llm = context.get_llm(f"dsg:{rest}")
+    # 2. the VQA model answering them (shared through the registry)
     vqa_name, alias_kwargs = resolve_vqa_spec(rest)
     vqa = registry.create("vqa", vqa_name, **{**alias_kwargs, **vqa_kwargs})
-    if isinstance(questions, (str, os.PathLike)):
-        bank = load_dsg_csv(questions)
-        questions = {bank.texts[k]: v for k, v in bank.items() if k in bank.texts}
-    if isinstance(llm, str):
-        llm = registry.create("llm", llm)
-    return DSGScorer(vqa, questions=questions, llm=llm, cache=cache, name=f"dsg:{rest}")
+    return DSGScorer(vqa, questions=questions, llm=llm, cache=getattr(context, "cache", None), name=f"dsg:{rest}")

@@ -108,6 +108,14 @@ class PickScoreScorer:
         self.value_range = (-self.scale, self.scale)
         self.name = name or ("pickscore" if self.model_id == PICKSCORE_MODEL else f"pickscore:{self.model_id}")
 
+    def config(self) -> dict:
+        from mmopt.device import dtype_name
+        from mmopt.fingerprint import weights_record
+
+        return {"component": "mmopt.scorers.preference.PickScoreScorer", **weights_record(self.model_id),
+                "processor": weights_record(self.processor_id),
+                "dtype": dtype_name(self.dtype)}
+
     @torch.no_grad()
     def _text(self, intent: str) -> torch.Tensor:
         tok = self.processor(text=[intent], padding=True, truncation=True, max_length=77,
@@ -178,6 +186,7 @@ class HPSScorer:
 
         # 1. the architecture (random init: the checkpoint carries every weight)
         oc_name = _open_clip_name(str(model))
+        self.arch = oc_name
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(oc_name, pretrained=None)
             self.tokenizer = open_clip.get_tokenizer(oc_name)
@@ -205,6 +214,12 @@ class HPSScorer:
         self.name = name or f"hps:{label}"
 
     @torch.no_grad()
+    def config(self) -> dict:
+        from mmopt.device import dtype_name
+
+        return {"component": "mmopt.scorers.preference.HPSScorer", "weights_sha256": self.sha256,
+                "arch": self.arch, "dtype": dtype_name(self.dtype)}
+
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         """One HPS per generation, against ``intent``."""
         intent = check_intent(intent)
@@ -246,6 +261,7 @@ class ImageRewardScorer:
         import ImageReward as reward_lib
 
         self.device = _pick_device(device)
+        self.model_id = str(model)
         try:
             self.model = reward_lib.load(model, device=str(self.device))
         except Exception as e:
@@ -253,6 +269,9 @@ class ImageRewardScorer:
         self.name = name or ("imagereward" if model == "ImageReward-v1.0" else f"imagereward:{model}")
 
     @torch.no_grad()
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.preference.ImageRewardScorer", "model": self.model_id}
+
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         """One ImageReward per generation, against ``intent``."""
         intent = check_intent(intent)

@@ -23,12 +23,14 @@ import importlib.resources
 import json
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from mmopt.device import dtype_name, pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
+from mmopt.fingerprint import weights_record
 from mmopt.types import VQAAnswer
 
 __all__ = ["BlipVQA", "HFVLMVQA", "vqa_aliases", "resolve_vqa_name", "resolve_vqa_spec", "from_name",
@@ -153,6 +155,7 @@ class BlipVQA:
                                       dtype=self.dtype, **extra).to(self.device).eval()
         self.batch_size = int(batch_size)
         self.name = f"blip:{model}"
+        self.model_id = model
         self.revision = revision
         tok = self.processor.tokenizer
         # Each candidate answer is decoded as [bos] answer-tokens [sep]; its score is the
@@ -161,8 +164,8 @@ class BlipVQA:
         cfg = self.model.config.text_config
         self._bos, self._sep = cfg.bos_token_id, cfg.sep_token_id
 
-    def cache_key(self) -> dict:
-        return {"vqa": self.name, "revision": self.revision, "dtype": dtype_name(self.dtype)}
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.vqa.BlipVQA", **weights_record(self.model_id, self.revision), "dtype": dtype_name(self.dtype)}
 
     @torch.inference_mode()
     def _loglik(self, question_embeds, question_mask, ids: list[int]) -> torch.Tensor:
@@ -271,6 +274,7 @@ class HFVLMVQA:
         self.prompt = prompt or _PLAIN_PROMPTS.get(self.model_type, "{question}")
         self.batch_size = int(batch_size)
         self.name = f"hf-vlm:{model}"
+        self.model_id = model
         self.revision = revision
         self._yes, self._no = self._token_ids(_YES), self._token_ids(_NO)
         cfg = self.model.config
@@ -289,9 +293,9 @@ class HFVLMVQA:
             ids = [self.tokenizer(variants[0], add_special_tokens=False).input_ids[0]]
         return ids
 
-    def cache_key(self) -> dict:
-        return {"vqa": self.name, "revision": self.revision, "dtype": dtype_name(self.dtype),
-                "prompt": None if self.use_chat else self.prompt}
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.vqa.HFVLMVQA", **weights_record(self.model_id, self.revision), "dtype": dtype_name(self.dtype),
+                "prompt": None if self.use_chat else self.prompt, "yes": self._yes, "no": self._no}
 
     def _texts(self, questions: list[str]) -> list[str]:
         if not self.use_chat:

@@ -39,6 +39,9 @@ class VQAScorer:
         self.question = question
         self.name = name or f"vqascore:{getattr(vqa, 'name', type(vqa).__name__)}"
 
+    def config(self) -> dict:
+        return {"component": "mmopt.scorers.vqascore.VQAScorer", "vqa": self.vqa, "question": self.question}
+
     def score(self, generations: Sequence[Generation], intent: str) -> list[Score]:
         # 1. check inputs
         check_intent(intent)

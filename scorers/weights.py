@@ -35,6 +35,7 @@ import torch
 
 from mmopt.cache import content_key, default_cache_dir
 from mmopt.errors import ModelLoadError
+from mmopt.fingerprint import sha256_file  # noqa: F401  (re-exported: checksums of fetched weights)
 
 _DIGEST_LOCK = threading.Lock()
 
@@ -50,19 +51,6 @@ class ChecksumMismatchError(ModelLoadError):
         self.path = str(path)
         self.expected = expected
         self.actual = actual
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes.
-
-    >>> sha256_file(__file__) == sha256_file(__file__)
-    True
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_dir() -> Path:

@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+
+from mmopt.component import identity
 import torch
 from PIL import Image
 
@@ -52,7 +54,7 @@ def test_loads_through_registry(tiny_clip, tiny_clip_dir):
 
 def test_clipscore_matches_direct_computation(tiny_clip, tiny_clip_dir, images):
     intent = "a red cube on a wooden table"
-    gens = [Generation(prompt=f"candidate {i}", seed=i, media=im) for i, im in enumerate(images)]
+    gens = [Generation(candidate=f"candidate {i}", seed=i, media=im) for i, im in enumerate(images)]
     scores = tiny_clip.score(gens, intent)
     expected = direct_cosines(tiny_clip_dir, images, intent)
     assert len(scores) == len(images)
@@ -68,8 +70,8 @@ def test_clipscore_matches_direct_computation(tiny_clip, tiny_clip_dir, images):
 
 
 def test_scores_against_the_intent_not_the_prompt(tiny_clip, images):
-    a = Generation(prompt="a dog", seed=0, media=images[0])
-    b = Generation(prompt="a completely different prompt", seed=0, media=images[0])
+    a = Generation(candidate="a dog", seed=0, media=images[0])
+    b = Generation(candidate="a completely different prompt", seed=0, media=images[0])
     sa, sb = tiny_clip.score([a, b], "a cat")
     assert sa.value == sb.value
     assert tiny_clip.score([a], "a cat")[0].value != tiny_clip.score([a], "a lighthouse at dusk")[0].value
@@ -100,7 +102,7 @@ def test_intent_embedding_is_cached(tiny_clip_dir, images):
     from mmopt.scorers.clip import CLIPScoreScorer
 
     scorer = CLIPScoreScorer(str(tiny_clip_dir))
-    gens = [Generation(prompt="p", seed=0, media=im) for im in images[:2]]
+    gens = [Generation(candidate="p", seed=0, media=im) for im in images[:2]]
     first = scorer.score(gens, "a quiet harbour at dawn")
     assert scorer.stats["texts_encoded"] == 1
     second = scorer.score(gens, "a quiet harbour at dawn")
@@ -113,7 +115,7 @@ def test_intent_embedding_is_cached(tiny_clip_dir, images):
 
 
 def test_video_frames_average_cosine(tiny_clip, images):
-    video = Generation(prompt="p", seed=0, media=images[:3])
+    video = Generation(candidate="p", seed=0, media=images[:3])
     score = tiny_clip.score([video], "a cat")[0]
     per_frame = tiny_clip.text_image_similarity(images[:3], ["a cat"])[:, 0]
     assert score.details["cosine"] == pytest.approx(float(per_frame.mean()), abs=1e-6)
@@ -128,17 +130,17 @@ def test_non_rgb_images_are_converted(tiny_clip):
 
 
 def test_bad_input(tiny_clip, images):
-    g = Generation(prompt="p", seed=0, media=images[0])
+    g = Generation(candidate="p", seed=0, media=images[0])
     with pytest.raises(ValueError, match="empty"):
         tiny_clip.encode_images([Image.new("RGB", (0, 0))])
     with pytest.raises(ValueError, match="intent"):
         tiny_clip.score([g], "   ")
     with pytest.raises(TypeError, match="PIL"):
-        tiny_clip.score([Generation(prompt="p", seed=0, media="not an image")], "a cat")
+        tiny_clip.score([Generation(candidate="p", seed=0, media="not an image")], "a cat")
     with pytest.raises(TypeError, match="sequence"):
         tiny_clip.encode_texts("a cat")
     with pytest.raises(ValueError, match="frame"):
-        tiny_clip.score([Generation(prompt="p", seed=0, media=[])], "a cat")
+        tiny_clip.score([Generation(candidate="p", seed=0, media=[])], "a cat")
     assert tiny_clip.score([], "a cat") == []
 
 
@@ -180,7 +182,7 @@ def test_cuda_scores_match_cpu(tiny_clip_dir, images):
     gpu = CLIPScoreScorer(str(tiny_clip_dir))
     cpu = CLIPScoreScorer(str(tiny_clip_dir), device="cpu")
     assert gpu.device == "cuda"
-    gens = [Generation(prompt="p", seed=0, media=im) for im in images]
+    gens = [Generation(candidate="p", seed=0, media=im) for im in images]
     a, b = gpu.score(gens, "a red cube"), cpu.score(gens, "a red cube")
     for x, y in zip(a, b):
         assert x.details["cosine"] == pytest.approx(y.details["cosine"], abs=0.02)
@@ -242,7 +244,7 @@ def test_tensor_mode_reads_generation_pixels(tiny_clip_dir):
     assert both == Generation("p", 0, white)
 
 
-def test_preprocess_option_validation_and_cache_key(tiny_clip_dir):
+def test_preprocess_option_validation_and_config(tiny_clip_dir):
     from mmopt.scorers.clip import CLIPScoreScorer
 
     with pytest.raises(ValueError, match="preprocess must be one of"):
@@ -250,8 +252,8 @@ def test_preprocess_option_validation_and_cache_key(tiny_clip_dir):
     auto = CLIPScoreScorer(str(tiny_clip_dir), device="cpu")
     tensor = CLIPScoreScorer(str(tiny_clip_dir), device="cpu", preprocess="tensor")
     assert auto.preprocess_mode == "pil"  # the reference transform on the CPU
-    assert "preprocess" not in auto.cache_key()  # keys written before the option stay valid
-    assert tensor.cache_key() != auto.cache_key()
+    assert auto.config()["preprocess"] == "pil" and tensor.config()["preprocess"] == "tensor"
+    assert identity(tensor) != identity(auto)  # the two modes round differently: separate cache entries
     with pytest.raises(TypeError, match=r"uint8 of shape \(3, H, W\)"):
         tensor.encode_images([torch.zeros(3, 8, 8)])
     with pytest.raises(TypeError, match=r"uint8 of shape \(3, H, W\)"):

@@ -94,11 +94,11 @@ def test_tiny_decoder_renders_and_keys_differently(tiny_gen, tiny_generator):
     assert tiny.media.size == full.media.size == (64, 64)
     assert tiny.meta["decoder"] == "tiny" and "decoder" not in full.meta
     assert not np.array_equal(np.asarray(tiny.media), np.asarray(full.media))
-    assert tiny_gen.cache_key() != tiny_generator.cache_key()
+    assert tiny_gen.config() != tiny_generator.config()
     # the full-quality sibling shares the loaded pipeline and renders what the full generator does
     twin = tiny_gen.full_quality()
     assert twin.pipe is tiny_gen.pipe and twin.fast["decoder"] == "full"
-    assert twin.cache_key() == tiny_generator.cache_key()
+    assert twin.config() == tiny_generator.config()
     assert np.array_equal(np.asarray(twin.generate(["a red cube"], [3])[0].media), np.asarray(full.media))
 
 
@@ -202,8 +202,8 @@ class Counting:
         self.gen, self.images = gen, 0
         self.name, self.prompt_style, self.max_prompt_tokens = gen.name, gen.prompt_style, gen.max_prompt_tokens
 
-    def cache_key(self):
-        return self.gen.cache_key()
+    def config(self):
+        return self.gen.config()
 
     def count_tokens(self, p):
         return self.gen.count_tokens(p)

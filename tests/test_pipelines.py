@@ -218,16 +218,16 @@ def test_negative_prompt_is_used(tiny_sd_dir):
     assert np.abs(pixels(a) - pixels(b)).mean() > 0.5
 
 
-def test_cache_key_covers_every_argument(tiny_sd_dir, tiny_generator):
+def test_config_covers_every_argument(tiny_sd_dir, tiny_generator):
     from mmopt.pipelines.diffusers_t2i import DiffusersGenerator
 
-    key = tiny_generator.cache_key()
+    key = tiny_generator.config()
     for field in ("model", "revision", "steps", "guidance", "height", "width", "negative_prompt",
                   "dtype", "scheduler", "call_kwargs"):
         assert field in key
-    assert DiffusersGenerator(str(tiny_sd_dir)).cache_key() == key
-    assert DiffusersGenerator(str(tiny_sd_dir), steps=3).cache_key() != key
-    assert DiffusersGenerator(str(tiny_sd_dir), negative_prompt="blurry").cache_key() != key
+    assert DiffusersGenerator(str(tiny_sd_dir)).config() == key
+    assert DiffusersGenerator(str(tiny_sd_dir), steps=3).config() != key
+    assert DiffusersGenerator(str(tiny_sd_dir), negative_prompt="blurry").config() != key
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -239,7 +239,7 @@ def test_bad_prompts_and_seeds(tiny_generator):
         gen.generate(["a cat", "  "], [0, 1])
     with pytest.raises(ValueError, match="parallel"):
         gen.generate(["a cat", "a dog"], [0])
-    with pytest.raises(TypeError, match="sequence of strings"):
+    with pytest.raises(TypeError, match="sequence of prompts"):
         gen.generate("a cat", [0])
     with pytest.raises(ValueError, match="seeds"):
         gen.generate(["a cat"], [-1])

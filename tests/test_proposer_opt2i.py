@@ -7,6 +7,7 @@ from mmopt import registry
 from mmopt.errors import LLMError
 from mmopt.proposers.opt2i import OPT2IProposer, from_name, load_template
 from mmopt.protect import check
+from mmopt.strategies import TopKHistory
 from mmopt.types import SearchState, Trial
 
 
@@ -33,9 +34,11 @@ def trial(i, prompt, objective, feedback=""):
                  feedback=feedback)
 
 
-def make_state(trials=(), *, intent="a red cat sitting on a blue chair", seed=0, **kw):
+def make_state(trials=(), *, intent="a red cat sitting on a blue chair", seed=0, k=10, **kw):
+    """A state whose history is what the top-k strategy hands the proposer."""
     trials = list(trials)
-    return SearchState(intent=intent, iteration=1, trials=trials, history=trials, rng=random.Random(seed), **kw)
+    return SearchState(intent=intent, iteration=1, trials=trials, history=TopKHistory(k).history(trials),
+                       rng=random.Random(seed), **kw)
 
 
 def user_text(llm, i=-1):
@@ -47,16 +50,16 @@ def test_meta_prompt_has_every_part():
               trial(1, "red cat, blue chair", 0.70),
               trial(2, "a cat", 0.20)]
     llm = ScriptedLLM(["1. a red cat curled on a blue wooden chair"])
-    p = OPT2IProposer(llm, history_k=2)
+    p = OPT2IProposer(llm)
     state = make_state(trials, intent="a <keep>red cat</keep> sitting on a blue chair", prompt_style="sentences",
-                       max_prompt_tokens=120, protected=("red cat",))
+                       max_prompt_tokens=120, protected=("red cat",), k=2)
     assert p.propose(state, 3) == ["a red cat curled on a blue wooden chair"]
     text = user_text(llm)
     assert "a red cat sitting on a blue chair" in text and "<keep>" not in text      # intent, tags stripped
     assert "descriptive sentences" in text and "120 tokens" in text                 # style and budget
     assert "Write 3 new prompts" in text and "numbered list" in text                # N distinct revisions
     assert '"red cat"' in text                                                      # protected spans
-    # top-2 history, ascending: 0.61 then 0.70; the 0.20 trial is beyond history_k
+    # the strategy's top-2 history, ascending: 0.61 then 0.70; the 0.20 trial is beyond k
     assert text.index("a red cat on a blue chair | 0.610") < text.index("red cat, blue chair | 0.700")
     assert "a cat |" not in text and "0.200" not in text
     assert "Is the chair blue? no" in text                                          # scorer feedback
@@ -144,8 +147,8 @@ def test_rambling_reply_is_rejected():
 def test_bad_arguments():
     with pytest.raises(TypeError, match="chat"):
         OPT2IProposer(object())
-    with pytest.raises(ValueError, match="history_k"):
-        OPT2IProposer(ScriptedLLM([]), history_k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        OPT2IProposer(ScriptedLLM([]), temperature=9)
     p = OPT2IProposer(ScriptedLLM([]))
     with pytest.raises(ValueError, match="n must"):
         p.propose(make_state(), 0)
@@ -173,8 +176,11 @@ def test_templates(tmp_path):
 
 def test_registry_and_from_name():
     llm = ScriptedLLM([])
-    p = registry.create("proposer", "opt2i", llm=llm, history_k=4, reuse=False)
-    assert isinstance(p, OPT2IProposer) and p.llm is llm and p.history_k == 4
+    p = registry.create("proposer", "opt2i", llm=llm, temperature=0.5, reuse=False)
+    assert isinstance(p, OPT2IProposer) and p.llm is llm and p.temperature == 0.5
+    # the run's LLM reaches "opt2i" through the registry's run context
+    q = registry.create("proposer", "opt2i", context=registry.RunContext(llm=llm), reuse=False)
+    assert q.llm is llm
     with pytest.raises(ValueError, match="not both"):
         from_name("smollm2", llm=llm)
 

@@ -63,7 +63,7 @@ def test_variety_of_captions():
 
 
 def test_scene_from_caption_satisfies_caption():
-    scene = G.scene_from_caption("two red circles to the left of a big blue square", random.Random(0))
+    scene = P.scene_from_caption("two red circles to the left of a big blue square", random.Random(0))
     reds = [o for o in scene.objects if o.colour == "red" and o.shape == "circle"]
     (blue,) = [o for o in scene.objects if o.colour == "blue"]
     assert len(reds) == 2 and blue.size == "large"
@@ -82,7 +82,7 @@ def test_benchmark_prompts_fixed_and_disjoint_from_training():
     for _ in range(500):
         c = G.training_caption(rng)
         assert G.canonical_key(P.parse_caption(c).description) not in held
-        assert not G.is_held_out(c)
+        assert not P.is_held_out(c)
 
 
 def test_bad_inputs():

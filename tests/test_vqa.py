@@ -93,7 +93,7 @@ def test_aliases_are_data():
 def test_vqascore_is_p_yes_of_the_paper_question(blip_dir, blip, images):
     scorer = registry.create("scorer", f"vqascore:blip:{blip_dir}")
     assert isinstance(scorer, VQAScorer) and scorer.value_range == (0.0, 1.0)
-    gens = [Generation(prompt="x", seed=i, media=im) for i, im in enumerate(images[:3])]
+    gens = [Generation(candidate="x", seed=i, media=im) for i, im in enumerate(images[:3])]
     intent = "a red cat on a mat"
     scores = scorer.score(gens, intent)
     question = VQASCORE_QUESTION.format(text=intent)

@@ -8,7 +8,9 @@ and adds what every backend needs the same way:
 2. a request cache keyed by sha256 of the request content (backend name,
    model, messages, n, temperature, max_tokens, seed; never API keys),
 3. retries with exponential backoff on transient failures (HTTP 429/5xx,
-   timeouts), raised by backends as ``TransientLLMError``,
+   timeouts), raised by backends as ``TransientLLMError``; when they run
+   out, ``LLMUnavailableError`` (the LLM is down: the run stops as
+   interrupted and resumes later, see ``mmopt.errors``),
 4. counters: ``requests`` (every ``chat`` call) and ``calls`` (requests that
    reached the backend, retries included), which the optimizer's LLM-call
    budget reads.
@@ -26,15 +28,17 @@ and adds what every backend needs the same way:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import threading
 import time
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from mmopt.cache import Cache, content_key
-from mmopt.errors import LLMError
+from mmopt.errors import LLMError, LLMUnavailableError
 
-__all__ = ["Backend", "ChatLLM", "TransientLLMError", "check_messages"]
+__all__ = ["Backend", "ChatLLM", "TransientLLMError", "check_messages", "sample_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +56,29 @@ class TransientLLMError(LLMError):
         self.retry_after = retry_after
 
 
+def sample_seed(seed: int | None, index: int) -> int:
+    """The seed of the ``index``-th completion of a request with ``seed``.
+
+    Each completion gets its own seed so that completion ``i`` does not depend
+    on how many were asked for. ``seed=None`` draws a fresh one.
+
+    >>> sample_seed(7, 0) == sample_seed(7, 0) != sample_seed(7, 1)
+    True
+    """
+    if seed is None:
+        return random.SystemRandom().randrange(2**31)
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One way to run a chat model. ``forward`` returns exactly ``n`` completions.
 
     ``name`` is the backend kind ("llamacpp", "transformers", "openai"),
-    ``model`` identifies the weights (path, hub id + revision, served model
-    name); both go into cache keys, so they must not contain secrets.
+    ``model`` identifies the weights (path + fingerprint, hub id + revision,
+    served model name @ URL); both go into cache keys and ``config()``, so
+    they must not contain secrets.
     """
 
     name: str
@@ -134,6 +154,16 @@ class ChatLLM:
     def __repr__(self) -> str:
         return f"ChatLLM({self.name!r}, calls={self.calls}, requests={self.requests})"
 
+    def config(self) -> dict:
+        """What changes this LLM's replies: the backend kind and its weights (no secrets).
+
+        Sampling settings (temperature, max_tokens, seed) belong to each request,
+        so they are part of the caller's config (the proposer's), not this one.
+        """
+        own = getattr(self.backend, "config", None)
+        weights = own() if callable(own) else {"model": getattr(self.backend, "model", "")}
+        return {"component": "mmopt.llm.ChatLLM", "backend": self.backend.name, **weights}
+
     def request_key(self, messages: list[dict], *, n: int, temperature: float,
                     max_tokens: int, seed: int | None) -> str:
         """sha256 of the request content; backend secrets never enter it."""
@@ -190,7 +220,7 @@ class ChatLLM:
                 outputs = self.backend.forward(messages, **kw)
             except TransientLLMError as e:
                 if attempt >= self.max_retries:
-                    raise LLMError(
+                    raise LLMUnavailableError(
                         f"{self.name}: giving up after {attempt + 1} attempts: {e}"
                     ) from e
                 delay = min(self.max_backoff, self.backoff * (2 ** attempt))

@@ -17,50 +17,21 @@ Registry names: ``"llm:gguf:/path/model.gguf"`` and ``"llm:smollm2"``
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
-import random
 import threading
 from pathlib import Path
 
 from mmopt.cache import Cache
 from mmopt.errors import LLMError, MissingExtraError, ModelLoadError
-from mmopt.llm.base import ChatLLM
+from mmopt.fingerprint import file_fingerprint
+from mmopt.llm.base import ChatLLM, sample_seed
 
 __all__ = ["LlamaCppBackend", "embedded_smollm2", "embedded_smollm2_path", "from_name",
            "load_gguf", "sample_seed"]
 
 ENGINES = ("auto", "llamacpp", "transformers")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def sample_seed(seed: int | None, index: int) -> int:
-    """The seed of the ``index``-th completion of a request with ``seed``.
-
-    Each completion gets its own seed so that completion ``i`` does not depend
-    on how many were asked for. ``seed=None`` draws a fresh one.
-
-    >>> sample_seed(7, 0) == sample_seed(7, 0) != sample_seed(7, 1)
-    True
-    """
-    if seed is None:
-        return random.SystemRandom().randrange(2**31)
-    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def _file_fingerprint(path: str) -> str:
-    """Size plus the first and last MiB of a weights file: changes whenever the file does."""
-    h = hashlib.sha256()
-    size = os.path.getsize(path)
-    h.update(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > (2 << 20):
-            f.seek(-(1 << 20), 2)
-            h.update(f.read())
-    return "file-" + h.hexdigest()[:16]
 
 
 def embedded_smollm2_path() -> str:
@@ -102,7 +73,7 @@ class LlamaCppBackend:
             raise MissingExtraError("llama-cpp-python", "llamacpp", "fast GGUF inference") from e
         self.path = str(path)
         # The cache identity: the path and a fingerprint of the file's content.
-        self.model = f"{self.path}@{_file_fingerprint(self.path)}"
+        self.model = f"{self.path}@{file_fingerprint(self.path)}"
         self._lock = threading.Lock()
         try:
             threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
@@ -113,6 +84,9 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.path!r}: {e}") from e
         self.n_ctx = n_ctx
+
+    def config(self) -> dict:
+        return {"weights": file_fingerprint(self.path), "n_ctx": self.n_ctx}
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                 seed: int | None) -> list[str]:

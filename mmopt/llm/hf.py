@@ -15,9 +15,10 @@ import os
 import threading
 
 from mmopt.cache import Cache
+from mmopt.device import pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
-from mmopt.llm.base import ChatLLM
-from mmopt.llm.gguf import _file_fingerprint
+from mmopt.fingerprint import dir_fingerprint, file_fingerprint
+from mmopt.llm.base import ChatLLM, sample_seed
 
 __all__ = ["TransformersBackend", "from_name", "load_hf"]
 
@@ -71,12 +72,12 @@ class TransformersBackend:
 
         # The cache identity names the weights: a hub commit, or a local content fingerprint.
         if local:
-            from mmopt.hub import local_dir_fingerprint
-
-            ident = local_dir_fingerprint(model) if not gguf_file else _file_fingerprint(os.path.join(model, gguf_file))
+            ident = dir_fingerprint(model) if not gguf_file else file_fingerprint(os.path.join(model, gguf_file))
         else:
             ident = load_kw.get("revision") or "main"
         self.model = model + (f"/{gguf_file}" if gguf_file else "") + f"@{ident}"
+        # identity: the weights by content when local, by hub id + revision otherwise (and the dtype)
+        self._weights = {"model": "local" if local else model, "revision": ident, "gguf_file": gguf_file}
 
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,7 +85,7 @@ class TransformersBackend:
         try:
             tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_only, **load_kw)
             lm = AutoModelForCausalLM.from_pretrained(model, local_files_only=local_only,
-                                                      dtype=self._dtype(torch, device, dtype), **load_kw)
+                                                      dtype=pick_dtype(pick_device(device), dtype), **load_kw)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"transformers could not load the chat model {model!r}: {e}") from e
 
@@ -93,7 +94,7 @@ class TransformersBackend:
             raise ModelLoadError(
                 f"{model!r} has no chat template in its tokenizer; use an instruction-tuned (chat) model"
             )
-        self.device = self._device(torch, device)
+        self.device = pick_device(device)
         self.tokenizer = tokenizer
         self.lm = lm.to(self.device).eval()
         eos = lm.generation_config.eos_token_id
@@ -103,33 +104,13 @@ class TransformersBackend:
         self._eos = eos_ids
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
 
-    @staticmethod
-    def _device(torch, device: str | None) -> str:
-        if device:
-            return device
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-
-    @classmethod
-    def _dtype(cls, torch, device: str | None, dtype: str | None):
-        if dtype is not None:
-            if not hasattr(torch, str(dtype)):
-                raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
-            return getattr(torch, str(dtype))
-        dev = cls._device(torch, device)
-        if dev == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if dev == "mps" else torch.float32
+    def config(self) -> dict:
+        return {**self._weights, "dtype": str(self.lm.dtype).replace("torch.", "")}
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                 seed: int | None) -> list[str]:
         import torch
         from transformers import GenerationConfig
-
-        from mmopt.llm.gguf import sample_seed
 
         # 1. format with the model's own chat template
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -23,8 +23,8 @@ import urllib.request
 from urllib.parse import urlparse
 
 from mmopt.cache import Cache
-from mmopt.errors import LLMError
-from mmopt.llm.base import ChatLLM, TransientLLMError
+from mmopt.errors import LLMError, LLMUnavailableError
+from mmopt.llm.base import ChatLLM, TransientLLMError, sample_seed
 
 __all__ = ["OpenAIBackend", "from_name", "load_openai"]
 
@@ -67,6 +67,9 @@ class OpenAIBackend:
         self.model = f"{self.served_model}@{self.base_url}" + (f"#{extra}" if extra else "")
         self.requests_sent = 0
 
+    def config(self) -> dict:
+        return {"model": self.served_model, "base_url": self.base_url, "extra_body": self.extra_body}
+
     def _post(self, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env, "")
@@ -88,8 +91,13 @@ class OpenAIBackend:
                 except ValueError:
                     wait = None
                 raise TransientLLMError(f"HTTP {e.code} from {where}: {detail}", retry_after=wait) from e
-            hint = " (check the key in $%s)" % self.api_key_env if e.code in (401, 403) else ""
-            raise LLMError(f"HTTP {e.code} from {where}{hint}: {detail}") from e
+            if e.code in (401, 403, 404):
+                # a rejected key or an unknown model/endpoint: no request can succeed until the
+                # user fixes it, so the run stops (resumable) instead of recording empty iterations
+                hint = f" (check the key in ${self.api_key_env})" if e.code in (401, 403) else \
+                    " (check the model name and base URL)"
+                raise LLMUnavailableError(f"HTTP {e.code} from {where}{hint}: {detail}") from e
+            raise LLMError(f"HTTP {e.code} from {where}: {detail}") from e
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
             raise TransientLLMError(f"cannot reach {self.base_url}: {getattr(e, 'reason', e)}") from e
         try:
@@ -106,8 +114,6 @@ class OpenAIBackend:
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                 seed: int | None) -> list[str]:
-        from mmopt.llm.gguf import sample_seed
-
         body = {"model": self.served_model, "messages": messages, "temperature": temperature,
                 "max_tokens": max_tokens, **self.extra_body}
         if seed is not None:

@@ -1,9 +1,10 @@
 """OPT2I: an LLM rewrites the prompt from the history of scored prompts.
 
 After Manas et al. 2024 ("Improving Text-to-Image Consistency via Automatic
-Prompt Optimization"): the LLM sees the user's intent, the top-k (prompt,
-score) pairs sorted ascending by score, and the scorer's feedback, and is
-asked for N distinct revisions. Here the meta-prompt also states the
+Prompt Optimization"): the LLM sees the user's intent, the scored history the
+strategy chose (worst to best, the strategy's order, never re-sorted here;
+a trial that broke a constraint is labelled as such, so it is never shown as
+the best), and the scorer's feedback, and is asked for N distinct revisions. Here the meta-prompt also states the
 generator's prompt style (tags or sentences), its token budget, and the
 protected spans that must appear verbatim. The template is data:
 ``assets/templates/opt2i.txt`` with ``$placeholders``.
@@ -28,7 +29,7 @@ import string
 from typing import Any
 
 from mmopt import protect
-from mmopt.errors import LLMError
+from mmopt.errors import LLMError, LLMUnavailableError
 from mmopt.llm.parsing import normalize_for_dedup, parse_prompts
 from mmopt.types import SearchState, Trial
 
@@ -87,8 +88,8 @@ def load_template(template: str | os.PathLike | None = None) -> str:
 class OPT2IProposer:
     """Proposer that asks an LLM for ``n`` distinct revisions of the prompt.
 
-    Takes an ``LLM`` (anything with ``chat``); ``history_k`` caps the scored
-    prompts shown; ``template`` is template text, a path, or None for the
+    Takes an ``LLM`` (anything with ``chat``); the history shown is the
+    strategy's (``topk:10`` is OPT2I's); ``template`` is template text, a path, or None for the
     shipped one; ``temperature``/``max_tokens`` go to the LLM (``max_tokens``
     None: 60 per requested prompt + 40); ``max_retries`` extra attempts follow
     an attempt with no usable rewrite; ``max_feedback`` trials' feedback is shown;
@@ -101,14 +102,12 @@ class OPT2IProposer:
     LLM calls, candidates parsed/repaired/rejected, errors).
     """
 
-    def __init__(self, llm: Any, *, history_k: int = 10, template: str | os.PathLike | None = None,
+    def __init__(self, llm: Any, *, template: str | os.PathLike | None = None,
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
                  max_feedback: int = 3, min_overlap: int = 0):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
-        if not isinstance(history_k, int) or history_k < 1:
-            raise ValueError(f"history_k must be an int >= 1, got {history_k!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
             raise ValueError(f"temperature must be a number in [0, 5], got {temperature!r}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 16):
@@ -120,7 +119,6 @@ class OPT2IProposer:
         if not isinstance(min_overlap, int) or min_overlap < 0:
             raise ValueError(f"min_overlap must be an int >= 0, got {min_overlap!r}")
         self.llm = llm
-        self.history_k = history_k
         self.template = load_template(template)
         self.temperature = float(temperature)
         self.max_tokens = max_tokens
@@ -132,22 +130,29 @@ class OPT2IProposer:
         self.name = f"opt2i({getattr(llm, 'name', type(llm).__name__)})"
         self.last_stats: dict = {}
 
+    def config(self) -> dict:
+        return {"component": "mmopt.proposers.opt2i.OPT2IProposer", "llm": self.llm, "template": self.template,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "max_retries": self.max_retries,
+                "max_feedback": self.max_feedback, "min_overlap": self.min_overlap}
+
     # ------------------------------------------------------------ meta-prompt
-    def _history(self, state: SearchState) -> list[Trial]:
-        """The top-k scored trials, sorted ascending by objective (best last, as in OPT2I)."""
-        pool = list(state.history) or list(state.trials)
-        top = sorted(pool, key=lambda t: (t.objective, -t.index), reverse=True)[: self.history_k]
-        return sorted(top, key=lambda t: (t.objective, -t.index))
+    @staticmethod
+    def history_line(t: Trial) -> str:
+        """One history entry: the prompt, its score, and the label of a trial that broke a constraint."""
+        line = f"{t.prompt} | {t.objective:.3f}"
+        if not t.feasible:
+            line += " | rejected: " + "; ".join(t.meta.get("violations") or ["broke a constraint"])
+        return line
 
     def build_messages(self, state: SearchState, n: int, protected: list[str]) -> list[dict]:
         """The chat messages of the meta-prompt for ``state``, asking for ``n`` revisions."""
-        history = self._history(state)
+        history = list(state.history)  # the strategy's choice and order: shown as it is
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
         # prompts still being rendered (lookahead) come first, unscored, so the LLM neither
         # repeats them nor reads them as the best so far (the best is last)
         lines = [f"{p} | not scored yet" for p in state.pending]
         if history:
-            lines += [f"{t.prompt} | {t.objective:.3f}" for t in history]
+            lines += [self.history_line(t) for t in history]
         elif not state.pending:
             lines = [f"{intent} | not scored yet"]
         feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
@@ -210,6 +215,8 @@ class OPT2IProposer:
             try:
                 reply = self.llm.chat(messages, n=1, temperature=self.temperature, max_tokens=max_tokens,
                                       seed=seed)[0]
+            except LLMUnavailableError:
+                raise  # the LLM is down: the run stops (resumable), it is not an empty iteration
             except LLMError as e:
                 log.warning("%s: LLM failed on attempt %d: %s", self.name, attempt + 1, e)
                 stats["errors"].append(str(e))
@@ -247,15 +254,19 @@ class OPT2IProposer:
         return accepted[:n]
 
 
-def from_name(rest: str = "", *, llm: Any = None, **kw) -> OPT2IProposer:
-    """Registry factory: ``"opt2i"`` (embedded SmolLM2), ``"opt2i:<llm name>"`` or ``llm=`` an LLM/name.
+def from_name(rest: str = "", *, context: Any = None, llm: Any = None, **kw) -> OPT2IProposer:
+    """Registry factory: ``"opt2i"`` (the run's LLM, else the embedded SmolLM2), ``"opt2i:<llm name>"``,
+    or ``llm=`` an LLM or LLM registry name.
 
     >>> from_name("openai:gpt-4o-mini@https://api.openai.com/v1")  # doctest: +SKIP
     """
-    from mmopt.llm import DEFAULT_LLM, load_llm
+    from mmopt import registry
+    from mmopt.llm import DEFAULT_LLM
 
     if llm is not None and rest:
         raise ValueError(f"give the LLM either in the name ('opt2i:{rest}') or as llm=, not both")
-    if llm is None or isinstance(llm, str):
-        llm = load_llm(llm or rest or DEFAULT_LLM)
+    if llm is None and not rest and context is not None and context.llm is not None:
+        llm = context.get_llm("opt2i")
+    if llm is None or isinstance(llm, (str, dict)):
+        llm = registry.create("llm", llm or rest or DEFAULT_LLM)
     return OPT2IProposer(llm, **kw)

@@ -12,6 +12,10 @@ The user's own words are never edited: only modifiers the proposer added can
 be swapped or removed, so protected spans survive by construction. The
 vocabulary is data: ``assets/styles/modifiers.json``.
 
+Which prompts are edited is the strategy's call: by default the candidates
+take the feasible trials of the history in turn, best first (a beam edits
+its beam, top-k its k best), so the strategy changes what this proposer does.
+
 >>> import random; from mmopt.types import SearchState
 >>> p = RulesProposer()
 >>> out = p.propose(SearchState("a red fox", 1, [], [], random.Random(0)), 2)
@@ -28,6 +32,7 @@ import re
 from typing import Any
 
 from mmopt import protect
+from mmopt.component import Configurable
 from mmopt.llm.parsing import normalize_for_dedup
 from mmopt.types import SearchState
 
@@ -64,25 +69,31 @@ def _approx_tokens(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
-class RulesProposer:
-    """Seeded modifier edits (add / swap / remove) of the best prompt so far.
+BASES = ("history", "best", "intent")
+
+
+class RulesProposer(Configurable):
+    """Seeded modifier edits (add / swap / remove) of prompts from the history.
 
     ``vocabulary``: None (shipped), a JSON path, or a dict; ``max_edits``: the
     most edits per candidate (each candidate gets 1..max_edits); ``base``:
-    ``"best"`` (hill-climb from the best trial) or ``"intent"``.
+    ``"history"`` (candidate i edits the i-th best feasible trial of the
+    strategy's history, in turn), ``"best"`` (every candidate edits the best
+    one: hill-climbing) or ``"intent"`` (the user's prompt).
     """
 
     name = "rules"
 
     def __init__(self, vocabulary: str | os.PathLike | dict | None = None, *, max_edits: int = 2,
-                 base: str = "best"):
-        if not isinstance(max_edits, int) or max_edits < 1:
+                 base: str = "history"):
+        if isinstance(max_edits, bool) or not isinstance(max_edits, int) or max_edits < 1:
             raise ValueError(f"max_edits must be an int >= 1, got {max_edits!r}")
-        if base not in ("best", "intent"):
-            raise ValueError(f"base must be 'best' or 'intent', got {base!r}")
+        if base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {base!r}")
         self.vocabulary = load_vocabulary(vocabulary)
         self.max_edits = max_edits
         self.base = base
+        self.register_config(vocabulary=self.vocabulary, max_edits=max_edits, base=base)
 
     # A modifier in a prompt: (category, entry index, the text form used).
     def _present(self, prompt: str, form: str, frozen: str) -> list[tuple[str, int, str]]:
@@ -140,19 +151,25 @@ class RulesProposer:
         rng = random.Random(state.rng.randrange(2**31))  # local RNG seeded from the run's
         form = "sentence" if state.prompt_style == "sentences" else "tag"
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
-        best = state.best
-        base = best.prompt if (self.base == "best" and best is not None) else intent
+        # 2. the prompts to edit: the strategy's history (its order, best last), feasible ones only
+        feasible = [t.prompt for t in reversed(state.history) if t.feasible]
+        if self.base == "intent" or not feasible:
+            parents = [intent]
+        elif self.base == "best":
+            parents = feasible[:1]
+        else:
+            parents = feasible
         budget = max(1, int(state.max_prompt_tokens) - 2)  # room for the start/end tokens
-        seen = {normalize_for_dedup(p) for p in state.seen_prompts()} | {normalize_for_dedup(base),
-                                                                          normalize_for_dedup(intent)}
+        seen = {normalize_for_dedup(p) for p in state.seen_prompts()} | {normalize_for_dedup(p) for p in parents}
+        seen.add(normalize_for_dedup(intent))
         protected = list(state.protected)
 
-        # 2. random edit chains until n new prompts (bounded tries)
+        # 3. random edit chains until n new prompts (bounded tries), parents in turn
         out: list[str] = []
-        for _ in range(20 * n):
+        for attempt in range(20 * n):
             if len(out) >= n:
                 break
-            cand = base
+            cand = parents[(len(out) + attempt // n) % len(parents)]
             for _ in range(rng.randint(1, self.max_edits)):
                 cand = self._edit_once(cand, rng, form, intent, budget)
             key = normalize_for_dedup(cand)

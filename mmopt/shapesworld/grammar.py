@@ -21,7 +21,7 @@ Three representations are used throughout:
 Held-out benchmark prompts are chosen by a hash rule on the *canonical form*
 of a description (groups sorted, "right of"/"below" rewritten as "left of"/
 "above"), so no paraphrase of a benchmark prompt can ever be a training
-caption (see ``is_held_out``).
+caption (see ``is_held_out``; ``parse.is_held_out`` takes caption text).
 """
 from __future__ import annotations
 
@@ -531,18 +531,6 @@ def caption(scene: Scene, rng) -> str:
     return describe(scene_description(scene, rng), rng)
 
 
-def scene_from_caption(text: str, rng) -> Scene:
-    """Lay out a scene that satisfies caption ``text`` (words outside the grammar are ignored).
-
-    >>> len(scene_from_caption("two red circles left of a blue square", random.Random(0)).objects)
-    3
-    """
-    from .parse import parse_caption  # parse.py imports this module
-
-    rng = _check_rng(rng)
-    return layout(parse_caption(text).description, rng)
-
-
 # ---------------------------------------------------------------------------
 # Held-out benchmark prompts
 # ---------------------------------------------------------------------------
@@ -565,21 +553,17 @@ def canonical_key(desc: Description) -> str:
     return ";".join(parts) + "#" + ";".join(sorted(rels))
 
 
-def is_held_out(caption_or_desc) -> bool:
-    """Whether a caption (or Description) belongs to the held-out benchmark half.
+def is_held_out(desc: Description) -> bool:
+    """Whether a Description belongs to the held-out benchmark half (for a caption
+    string: :func:`mmopt.shapesworld.parse.is_held_out`).
 
     Rule: descriptions with at least two groups whose ``canonical_key`` hashes
     (sha256) to 0 modulo HOLDOUT_MODULUS. Single-concept captions are never
     held out, so every colour/shape/size/count/relation is seen in training.
     """
-    if isinstance(caption_or_desc, str):
-        from .parse import parse_caption
-
-        desc = parse_caption(caption_or_desc).description
-    elif isinstance(caption_or_desc, Description):
-        desc = caption_or_desc
-    else:
-        raise TypeError(f"expected a caption str or a Description, got {type(caption_or_desc).__name__}")
+    if not isinstance(desc, Description):
+        raise TypeError(f"expected a Description (parse a caption with mmopt.shapesworld.parse.is_held_out), "
+                        f"got {type(desc).__name__}")
     if len(desc.groups) < 2:
         return False
     digest = hashlib.sha256(canonical_key(desc).encode()).hexdigest()

@@ -380,3 +380,21 @@ def parse_caption(text: str) -> ParseResult:
 def dsg_questions(caption: str) -> list[DSGQuestion]:
     """Question source for ``DSGScorer(questions=dsg_questions)``: the parser's DSG questions."""
     return list(parse_caption(caption).questions)
+
+
+def scene_from_caption(text: str, rng) -> G.Scene:
+    """Lay out a scene that satisfies caption ``text`` (words outside the grammar are ignored).
+
+    >>> import random
+    >>> len(scene_from_caption("two red circles left of a blue square", random.Random(0)).objects)
+    3
+    """
+    return G.layout(parse_caption(text).description, G._check_rng(rng))
+
+
+def is_held_out(caption_or_desc) -> bool:
+    """Whether a caption (or a Description) belongs to the held-out benchmark half
+    (the rule: :func:`mmopt.shapesworld.grammar.is_held_out`)."""
+    if isinstance(caption_or_desc, str):
+        return G.is_held_out(parse_caption(caption_or_desc).description)
+    return G.is_held_out(caption_or_desc)

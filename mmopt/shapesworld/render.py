@@ -12,6 +12,7 @@ import random
 from PIL import Image, ImageDraw
 
 from . import grammar as G
+from .parse import scene_from_caption
 
 #: Supersampling factor for anti-aliasing.
 SUPERSAMPLE = 4
@@ -80,11 +81,11 @@ def render_caption(caption: str, seed: int, size: int = 32) -> Image.Image:
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     # seed the layout with caption and seed together so captions do not share layouts
     rng = random.Random(f"{seed}\x00{caption}")
-    return render(G.scene_from_caption(caption, rng), size)
+    return render(scene_from_caption(caption, rng), size)
 
 
 def render_scene_for_caption(caption: str, seed: int, size: int = 32) -> tuple[G.Scene, Image.Image]:
     """Like ``render_caption`` but also returns the scene (the exact ground truth)."""
     rng = random.Random(f"{seed}\x00{caption}")
-    scene = G.scene_from_caption(caption, rng)
+    scene = scene_from_caption(caption, rng)
     return scene, render(scene, size)

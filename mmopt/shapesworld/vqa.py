@@ -123,8 +123,14 @@ class DetectorVQA:
     'yes'
     """
 
+    # bump when the detector or the question parser changes what they answer
+    config_version = 1
+
     def __init__(self, name: str = "shapes:detector") -> None:
         self.name = name
+
+    def config(self) -> dict:
+        return {"component": "mmopt.shapesworld.vqa.DetectorVQA", "version": self.config_version}
 
     def answer(self, images: Sequence[Any], questions: Sequence[str]) -> list[VQAAnswer]:
         """Answer ``questions[i]`` about ``images[i]``; p_yes is 1.0/0.0, or 0.5 when unanswerable."""
