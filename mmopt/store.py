@@ -122,14 +122,20 @@ def encode_png(image: Any, level: int = PNG_LEVEL) -> bytes:
 
 
 def media_to_pngs(media: Any, level: int = PNG_LEVEL) -> list[bytes]:
-    """PNG bytes of an image, or of each frame of a video (a list of images)."""
+    """PNG bytes of an image, or of each frame of a video (a list of images); none for a
+    generation without media (a result that is all in ``meta``, e.g. a classifier's accuracy)."""
+    if media is None:
+        return []
     frames = media if isinstance(media, (list, tuple)) else [media]
     return [encode_png(frame, level) for frame in frames]
 
 
 def pngs_to_media(pngs: Sequence[bytes], video: bool) -> Any:
+    """The inverse of :func:`media_to_pngs` (``None`` for no frames of a non-video)."""
     from PIL import Image
 
+    if not pngs and not video:
+        return None
     frames = []
     for b in pngs:
         im = Image.open(io.BytesIO(b))
@@ -428,7 +434,7 @@ class Store:
         paths = []
         for gi, g in enumerate(generations):
             pngs_g = list(pngs[gi]) if pngs is not None else media_to_pngs(g.media)
-            names = ([f"t{trial.index:04d}_s{g.seed}.png"] if len(pngs_g) == 1 and not isinstance(g.media, (list, tuple))
+            names = ([f"t{trial.index:04d}_s{g.seed}.png"] if len(pngs_g) == 1 and not g.is_video
                      else [f"t{trial.index:04d}_s{g.seed}_f{i:03d}.png" for i in range(len(pngs_g))])
             for name, data in zip(names, pngs_g):
                 (mdir / name).write_bytes(data)

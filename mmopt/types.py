@@ -101,7 +101,8 @@ class Generation:
     """One rendered sample of one candidate with one seed.
 
     ``media`` is a ``PIL.Image.Image`` for images, a list of them (frames) for
-    video (``meta["fps"]`` then says how fast). ``meta`` records how it was
+    video (``meta["fps"]`` then says how fast), or None for a result with no
+    picture (a classifier's predictions, in ``meta``). ``meta`` records how it was
     made: model id, steps, size, latency. ``candidate`` may be given as a plain
     prompt string; it is stored as a :class:`Candidate`.
 
