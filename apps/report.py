@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from mmopt.optimizer import choose_best
 from mmopt.store import Store
 
 
@@ -25,11 +26,14 @@ def write_report(store: Store, run_id: str) -> Path:
     trials = store.load_trials(run_id)
     if not trials:
         raise ValueError(f"run {run_id!r} has no finished trials to report")
-    best = max((t for t in trials if t.feasible), key=lambda t: (t.objective, -t.index), default=trials[0])
-    original = trials[0]
-    run_dir = store.root / "runs" / run_id
+    best = choose_best(trials)
+    original = next(t for t in trials if t.index == 0)
+    run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     scorers = list(original.scores)
+    summary = run.get("summary") or {}
+    heldout = summary.get("heldout")
+    missing_total = 0
 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>mmopt run ",
@@ -41,9 +45,15 @@ def write_report(store: Store, run_id: str) -> Path:
         "</style></head><body>",
         f"<h1>mmopt run <code>{html.escape(run_id)}</code></h1>",
         f"<p><b>Intent:</b> <code>{html.escape(run['intent'])}</code><br>",
-        f"<b>Best prompt:</b> <code>{html.escape(best.prompt)}</code><br>",
-        f"<b>Objective:</b> {_fmt(original.objective)} &rarr; {_fmt(best.objective)} "
-        f"(gain {best.objective - original.objective:+.3f}) &middot; status {html.escape(run['status'])}</p>",
+        f"<b>Best prompt:</b> <code>{html.escape(best.prompt)}</code>",
+        (f" &middot; negative <code>{html.escape(best.negative)}</code>" if best.negative else ""), "<br>",
+        f"<b>Objective on the search seeds:</b> {_fmt(original.objective)} &rarr; {_fmt(best.objective)} "
+        f"(gain {best.objective - original.objective:+.3f}) &middot; status {html.escape(run['status'])}",
+        ("" if original.feasible else " &middot; <span class='bad'>the original breaks a constraint</span>"),
+        ("" if best.feasible else " &middot; <span class='bad'>no candidate met the constraints</span>"),
+        (f"<br><b>Held-out seeds:</b> {_fmt(heldout['original']['objective'])} &rarr; "
+         f"{_fmt(heldout['best']['objective'])} (gain {summary.get('heldout_gain', 0.0):+.3f})" if heldout else ""),
+        "</p>",
         "<table><tr><th>iter</th><th>#</th><th>prompt</th><th>objective</th>",
         "".join(f"<th>{html.escape(s)}</th>" for s in scorers),
         "<th>images (seed: score)</th></tr>",
@@ -51,18 +61,30 @@ def write_report(store: Store, run_id: str) -> Path:
     for t in trials:
         gens = store.load_generations(run_id, t.index)
         cls = " class='best'" if t.index == best.index else ""
-        imgs = "".join(
-            f"<img src='{html.escape(str(Path(p).relative_to(Path('runs') / run_id)))}' "
-            f"title='seed {g['seed']}: " + html.escape(", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items())) + "'>"
-            for g in gens for p in g["paths"][:1]
-        )
+        cells = []
+        for g in gens:
+            title = html.escape(f"seed {g['seed']}: " + ", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items()))
+            for p in g["paths"][:1]:
+                if p in g["missing"]:  # deleted from disk: say so (a rerun of the run restores it)
+                    missing_total += 1
+                    cells.append(f"<span class='bad' title='{title}'>missing: {html.escape(Path(p).name)}</span>")
+                else:
+                    cells.append(f"<img src='{html.escape(str(Path(p).relative_to(Path('runs') / run_id)))}' "
+                                 f"title='{title}'>")
+        imgs = "".join(cells)
         note = "" if t.feasible else "<br><span class='bad'>" + html.escape("; ".join(t.meta.get("violations", []))) + "</span>"
+        if t.negative:
+            note = f"<br>negative: <code>{html.escape(t.negative)}</code>" + note
         parts.append(
             f"<tr{cls}><td>{t.iteration}</td><td>{t.index}</td><td><code>{html.escape(t.prompt)}</code>{note}</td>"
             f"<td>{_fmt(t.objective)}</td>" + "".join(f"<td>{_fmt(t.scores.get(s))}</td>" for s in scorers)
             + f"<td>{imgs}</td></tr>"
         )
-    parts.append("</table></body></html>")
+    parts.append("</table>")
+    if missing_total:
+        parts.append(f"<p class='bad'>{missing_total} media file(s) are missing from disk; run the same command "
+                     "again to restore them.</p>")
+    parts.append("</body></html>")
     path = run_dir / "report.html"
     path.write_text("".join(parts), encoding="utf-8")
     return path

@@ -141,6 +141,15 @@ def _load_pipeline(source: str, *, pipeline_class: str, revision: str | None, va
         return _PIPELINES.setdefault(cache_id, pipe)
 
 
+_CALL_LOCKS: dict[tuple, threading.Lock] = {}
+
+
+def _pipeline_lock(cache_id: tuple) -> threading.Lock:
+    """The lock of one loaded pipeline, shared by every generator that uses it."""
+    with _PIPELINES_LOCK:
+        return _CALL_LOCKS.setdefault(cache_id, threading.Lock())
+
+
 def clear_pipeline_cache() -> None:
     """Forget every loaded pipeline (frees memory; mainly for tests)."""
     with _PIPELINES_LOCK:
@@ -287,6 +296,7 @@ class DiffusersGenerator:
         self._tokenizer = getattr(self.pipe, self.preset.get("tokenizer") or "tokenizer", None) \
             or getattr(self.pipe, "tokenizer", None)
         self._batch = max_batch  # shrinks after a CUDA OOM
+        self._call_lock = _pipeline_lock(cache_id)
 
     # ------------------------------------------------------------------ tokens
 
@@ -452,7 +462,9 @@ class DiffusersGenerator:
             call_p, call_s = chunk_p + chunk_p[-1:] * pad, chunk_s + chunk_s[-1:] * pad
             start = time.perf_counter()
             try:
-                with torch.inference_mode():
+                # one pipeline call at a time: its scheduler keeps per-call state (timesteps),
+                # so two runs sharing this generator in two threads take turns here
+                with self._call_lock, torch.inference_mode():
                     args = self._call_args(call_p, call_s)
                     if decoder is not None:
                         args["output_type"] = "latent"

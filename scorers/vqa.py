@@ -60,9 +60,23 @@ def resolve_vqa_name(name: str) -> str:
 
 
 def resolve_vqa_spec(name: str) -> tuple[str, dict]:
-    """Like :func:`resolve_vqa_name` but also returns the alias' constructor kwargs."""
+    """Like :func:`resolve_vqa_name` but also returns the alias' constructor kwargs.
+
+    A local model directory is recognised by its ``config.json``: a BLIP VQA
+    model becomes ``blip:<dir>``, any other model ``hf-vlm:<dir>``.
+    """
     alias = vqa_aliases().get(name)
-    return (alias["name"], dict(alias.get("kwargs", {}))) if alias else (name, {})
+    if alias:
+        return alias["name"], dict(alias.get("kwargs", {}))
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        config = folder / "config.json"
+        if not config.is_file():
+            raise ValueError(f"{name!r} is a directory but holds no config.json: expected a saved "
+                             "transformers VQA model (BLIP-VQA or an image-text-to-text model)")
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
+        return (f"blip:{folder}" if model_type == "blip" else f"hf-vlm:{folder}"), {}
+    return name, {}
 
 
 def check_image(image: Any) -> Any:

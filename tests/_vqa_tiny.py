@@ -56,3 +56,59 @@ def build_tiny_blip_vqa(out: Path, seed: int = 0) -> Path:
     BlipProcessor(image_processor=image_proc, tokenizer=tok).save_pretrained(out)
     model.save_pretrained(out)
     return out
+
+
+# Qwen2-VL's chat format for one user turn with an image: the vision markers around one image pad
+# (the processor expands the pad to the image's patch count).
+_QWEN2VL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    """A ~3M-parameter Qwen2-VL (random weights) with SmolLM2's real BPE tokenizer and the vision
+    special tokens, saved as an image-text-to-text model + processor: the generic VLM VQA path."""
+    from transformers import (AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    start, end, image, video = tok.convert_tokens_to_ids(specials)
+    side = 56  # one 56x56 image = 4x4 patches of 14 px = 4 tokens after the 2x2 merge
+    image_proc = Qwen2VLImageProcessor(size={"shortest_edge": side * side, "longest_edge": side * side},
+                                       patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=image_proc, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                                 chat_template=_QWEN2VL_TEMPLATE)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [2, 1, 1]},
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, mlp_ratio=2)
+    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=image, video_token_id=video,
+                        vision_start_token_id=start, vision_end_token_id=end)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    processor.save_pretrained(out)
+    model.save_pretrained(out)
+    return out
+
+
+def build_tiny_chat_llm(out: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (random weights) with SmolLM2's real tokenizer and chat template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    tok.save_pretrained(out)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out

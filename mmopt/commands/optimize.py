@@ -39,9 +39,8 @@ def add_run_options(p, default_preset: str) -> None:
 
 
 def _progress_callback(total_iterations: int):
-    """A tqdm bar over iterations that shows the best objective so far (its length is set
-    from the run's budget at the first event when ``total_iterations`` is 0)."""
-    bar = progress_bar(total_iterations or None, "optimizing", unit="iter")
+    """A tqdm bar over iterations that shows the best objective so far."""
+    bar = progress_bar(total_iterations, "optimizing", unit="iter")
 
     def callback(event, **info):
         if event == "iteration":
@@ -50,7 +49,6 @@ def _progress_callback(total_iterations: int):
         elif event == "done":
             bar.close()
 
-    callback.bar = bar
     return callback
 
 
@@ -94,10 +92,9 @@ def build_from_args(args, callbacks=()):
 def run(args) -> int:
     from mmopt.apps.report import write_report
 
-    callbacks = [] if args.no_progress else [_progress_callback(0)]
-    opt, store = build_from_args(args, callbacks)
-    if callbacks:
-        callbacks[0].bar.total = opt.budget.iterations
+    opt, store = build_from_args(args)
+    if not args.no_progress:  # the bar appears once everything is valid and loaded
+        opt.callbacks.append(_progress_callback(opt.budget.iterations))
     result = opt.run(args.prompt, run_id=args.run_id)
     report = write_report(store, result.run_id)
     print(f"run:       {result.run_id} ({result.stopped}; {len(result.trials)} trials, {result.images} images, "
