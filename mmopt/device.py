@@ -69,6 +69,46 @@ def pick_dtype(device: str, dtype: Any = None):
     return torch.float32
 
 
+def _cpu_busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (None elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def free_cpu_cores(window_s: float = 0.05) -> int:
+    """CPU cores this process may use that other processes are not using right now (at least 1).
+
+    Measured over ``window_s``: the machine's busy time minus this process's own,
+    as a share of the cores this process may run on. Threads that spin while
+    they wait (llama.cpp's) are several times slower when they outnumber the
+    free cores, so an LLM call asks this before it starts.
+    """
+    import os
+    import time
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    before, own_before = _cpu_busy_jiffies(), sum(os.times()[:2])
+    if before is None:
+        return cores
+    time.sleep(window_s)
+    after, own_after = _cpu_busy_jiffies(), sum(os.times()[:2])
+    total = after[1] - before[1]
+    if total <= 0:
+        return cores
+    hz = os.sysconf("SC_CLK_TCK")
+    machine_cores = os.cpu_count() or cores
+    others = max(0.0, (after[0] - before[0]) - (own_after - own_before) * hz) / total * machine_cores
+    return max(1, min(cores, int(round(cores - others))))
+
+
 def dtype_name(dtype: Any) -> str:
     """``torch.float16`` -> ``"float16"`` (for cache keys and messages)."""
     return str(dtype).replace("torch.", "")

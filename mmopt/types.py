@@ -215,12 +215,15 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class LLM(Protocol):
-    """A chat model. Returns ``n`` completions of the conversation ``messages``."""
+    """A chat model. Returns ``n`` completions of the conversation ``messages``.
+
+    ``stop`` (optional in implementations): strings that end a completion.
+    """
 
     name: str
 
     def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 1.0,
-             max_tokens: int = 256, seed: int | None = None) -> list[str]: ...
+             max_tokens: int = 256, seed: int | None = None, stop: list[str] | None = None) -> list[str]: ...
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from mmopt.cache import Cache, content_key
 from mmopt.errors import LLMError, LLMUnavailableError
 
-__all__ = ["Backend", "ChatLLM", "TransientLLMError", "check_messages", "sample_seed"]
+__all__ = ["Backend", "ChatLLM", "TransientLLMError", "chat", "check_messages", "sample_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,24 @@ def sample_seed(seed: int | None, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def chat(llm: Any, messages: list[dict], *, stop: list[str] | None = None, **kwargs: Any) -> list[str]:
+    """``llm.chat(messages, **kwargs)``, with ``stop`` passed only to LLMs whose ``chat`` takes it.
+
+    ``stop`` only saves decoding time (callers parse replies anyway), so an LLM
+    written to the older protocol without it still works.
+    """
+    import inspect
+
+    if stop:
+        try:
+            takes_stop = "stop" in inspect.signature(llm.chat).parameters
+        except (TypeError, ValueError):
+            takes_stop = False
+        if takes_stop:
+            kwargs["stop"] = stop
+    return llm.chat(messages, **kwargs)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One way to run a chat model. ``forward`` returns exactly ``n`` completions.
@@ -85,7 +103,10 @@ class Backend(Protocol):
     model: str
 
     def forward(self, messages: list[dict], *, n: int, temperature: float,
-                max_tokens: int, seed: int | None) -> list[str]: ...
+                max_tokens: int, seed: int | None, stop: list[str] | None = None) -> list[str]: ...
+
+    # Optional: ``last_usage``, a dict of what the last forward cost (prompt_tokens,
+    # reused_tokens, completion_tokens, prefill_s, decode_s, ...); ChatLLM adds it up.
 
 
 def check_messages(messages: Any) -> list[dict]:
@@ -145,6 +166,8 @@ class ChatLLM:
         self.calls = 0         # backend.forward() invocations, retries included
         self.cache_hits = 0
         self.retries = 0
+        self.usage: dict[str, float] = {}  # the backend's usage, summed over the calls that reached it
+        self.last_usage: dict = {}
 
     # The registry-style id of this LLM, e.g. "llamacpp:/path/SmolLM2.gguf".
     @property
@@ -165,16 +188,19 @@ class ChatLLM:
         return {"component": "mmopt.llm.ChatLLM", "backend": self.backend.name, **weights}
 
     def request_key(self, messages: list[dict], *, n: int, temperature: float,
-                    max_tokens: int, seed: int | None) -> str:
+                    max_tokens: int, seed: int | None, stop: list[str] | None = None) -> str:
         """sha256 of the request content; backend secrets never enter it."""
-        return content_key("llm-chat", self.backend.name, getattr(self.backend, "model", ""),
-                           messages, n, float(temperature), max_tokens, seed)
+        parts = ["llm-chat", self.backend.name, getattr(self.backend, "model", ""),
+                 messages, n, float(temperature), max_tokens, seed]
+        return content_key(*parts, *([list(stop)] if stop else []))
 
     def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 1.0,
-             max_tokens: int = 256, seed: int | None = None) -> list[str]:
+             max_tokens: int = 256, seed: int | None = None, stop: list[str] | None = None) -> list[str]:
         """Return ``n`` completions of ``messages`` (a list of role/content dicts).
 
-        Raises ``LLMError`` when the backend keeps failing after the retries.
+        ``stop``: strings that end a completion (cut before them). Raises
+        ``LLMError`` when the backend keeps failing after the retries, and
+        ``LLMUnavailableError`` when it cannot be reached at all.
         """
         # 1. check inputs
         messages = check_messages(messages)
@@ -186,12 +212,14 @@ class ChatLLM:
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        if stop is not None and (isinstance(stop, str) or not all(isinstance(x, str) and x for x in stop)):
+            raise ValueError(f"stop must be a list of non-empty strings or None, got {stop!r}")
         with self._lock:
             self.requests += 1
 
         # 2. cache lookup (reproducible requests only)
         cacheable = seed is not None or temperature == 0
-        key = self.request_key(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        key = self.request_key(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
         if cacheable:
             hit = self.cache.get_json(key) if self.cache is not None else self._memo.get(key)
             if hit is not None:
@@ -200,8 +228,10 @@ class ChatLLM:
                 return list(hit)
 
         # 3. call the backend with retries on transient failures
+        # stop only saves decoding time: a backend whose forward does not take it works without it
+        extra = {"stop": list(stop)} if stop and self._backend_takes_stop() else {}
         outputs = self._forward_with_retries(messages, n=n, temperature=float(temperature),
-                                             max_tokens=max_tokens, seed=seed)
+                                             max_tokens=max_tokens, seed=seed, **extra)
 
         # 4. store
         if cacheable:
@@ -210,6 +240,14 @@ class ChatLLM:
             else:
                 self._memo[key] = list(outputs)
         return outputs
+
+    def _backend_takes_stop(self) -> bool:
+        import inspect
+
+        try:
+            return "stop" in inspect.signature(self.backend.forward).parameters
+        except (TypeError, ValueError):
+            return False
 
     def _forward_with_retries(self, messages, **kw) -> list[str]:
         attempt = 0
@@ -237,4 +275,11 @@ class ChatLLM:
                 raise LLMError(f"{self.name}: backend returned {type(outputs).__name__}, expected list[str]")
             if len(outputs) != kw["n"]:
                 raise LLMError(f"{self.name}: backend returned {len(outputs)} completions, expected {kw['n']}")
+            usage = getattr(self.backend, "last_usage", None)
+            if isinstance(usage, dict):
+                with self._lock:
+                    self.last_usage = dict(usage)
+                    for k, v in usage.items():
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):
+                            self.usage[k] = self.usage.get(k, 0) + v
             return outputs

@@ -25,7 +25,7 @@ from pathlib import Path
 from mmopt.cache import Cache
 from mmopt.errors import LLMError, MissingExtraError, ModelLoadError
 from mmopt.fingerprint import file_fingerprint
-from mmopt.llm.base import ChatLLM, sample_seed
+from mmopt.llm.base import ChatLLM
 
 __all__ = ["LlamaCppBackend", "embedded_smollm2", "embedded_smollm2_path", "from_name",
            "load_gguf", "sample_seed"]
@@ -57,55 +57,62 @@ def embedded_smollm2_path() -> str:
 class LlamaCppBackend:
     """Runs a GGUF chat model with llama-cpp-python.
 
-    ``n_threads`` defaults to half the logical cores (at least 1), llama.cpp's
-    own choice: its threads spin while waiting, so more threads than free
-    cores makes it several times slower on a busy machine. ``n_ctx`` is the
-    context window used (prompt + reply). The chat template comes from the
-    GGUF metadata.
+    Requests go through :class:`~mmopt.llm.llamacpp_engine.LlamaCppEngine`:
+    the prompt prefix shared with the previous request is reused (exactly:
+    the same text for the same seed either way), ``n`` completions are decoded
+    together as parallel sequences, and ``stop`` strings end them early.
+
+    ``n_threads``: llama.cpp threads per request; None picks the cores that are
+    free at that moment (``mmopt.device.free_cpu_cores``), since llama.cpp's
+    threads spin while waiting and more threads than free cores makes it
+    several times slower on a busy machine. ``n_ctx`` is the context window
+    (prompt + every parallel reply). The chat template comes from the GGUF
+    metadata. ``reuse_prefix=False`` evaluates every prompt from scratch (same
+    results, slower; for measuring what the reuse saves).
     """
 
     name = "llamacpp"
+    engine_version = 1  # bump when decoding changes what a seeded request returns
 
-    def __init__(self, path: str, *, n_ctx: int = 4096, n_threads: int | None = None):
+    def __init__(self, path: str, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = True):
         try:
             from llama_cpp import Llama
         except ImportError as e:
             raise MissingExtraError("llama-cpp-python", "llamacpp", "fast GGUF inference") from e
+        from mmopt.llm.llamacpp_engine import LlamaCppEngine
+
+        if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
+            raise ValueError(f"n_threads must be an int >= 1 or None (the free cores), got {n_threads!r}")
         self.path = str(path)
-        # The cache identity: the path and a fingerprint of the file's content.
-        self.model = f"{self.path}@{file_fingerprint(self.path)}"
+        # The request-cache identity: the file's content and how it is decoded.
+        self.model = f"{self.path}@{file_fingerprint(self.path)}#engine{self.engine_version}"
         self._lock = threading.Lock()
+        self.n_threads = n_threads
         try:
-            threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
-            # The prompt pass uses as many threads as decoding: llama.cpp's default
-            # (every core) made prompts several times slower on a busy 2-core box.
-            self._llm = Llama(model_path=self.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                              verbose=False)
+            # this context only carries the weights, tokenizer and template; the engine decodes in its own
+            self._llm = Llama(model_path=self.path, n_ctx=64, n_threads=n_threads or 1, verbose=False)
+            self.engine = LlamaCppEngine(self._llm, n_ctx, reuse_prefix=reuse_prefix)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.path!r}: {e}") from e
         self.n_ctx = n_ctx
+        self.last_usage: dict = {}
 
     def config(self) -> dict:
-        return {"weights": file_fingerprint(self.path), "n_ctx": self.n_ctx}
+        return {"weights": file_fingerprint(self.path), "n_ctx": self.n_ctx, "engine": self.engine_version}
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
-                seed: int | None) -> list[str]:
-        outputs = []
+                seed: int | None, stop: list[str] | None = None) -> list[str]:
+        from mmopt.device import free_cpu_cores
+
         with self._lock:  # one llama context: requests run one at a time
-            for i in range(n):
-                # A fresh context per completion: reusing the cached prefix
-                # evaluates the last prompt token alone, which changes the
-                # logits slightly and breaks seed reproducibility.
-                self._llm.reset()
-                try:
-                    reply = self._llm.create_chat_completion(
-                        messages=messages, temperature=temperature, max_tokens=max_tokens,
-                        seed=sample_seed(seed, i), top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0,
-                    )
-                except ValueError as e:  # e.g. the prompt exceeds the context window
-                    raise LLMError(f"llama.cpp failed on {self.path!r}: {e}") from e
-                outputs.append(reply["choices"][0]["message"]["content"] or "")
-        return outputs
+            threads = self.n_threads or free_cpu_cores()
+            try:
+                texts, usage = self.engine.generate(messages, n=n, temperature=temperature, max_tokens=max_tokens,
+                                                    seed=seed, stop=stop, threads=threads)
+            except ValueError as e:  # e.g. a template that cannot format these messages
+                raise LLMError(f"llama.cpp failed on {self.path!r}: {e}") from e
+            self.last_usage = usage.as_dict()
+        return texts
 
 
 def load_gguf(path: str, *, engine: str = "auto", cache: Cache | None = None, max_retries: int = 0,

@@ -103,34 +103,89 @@ class TransformersBackend:
             eos_ids.append(tokenizer.eos_token_id)
         self._eos = eos_ids
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
+        self._cache = None            # the last prompt's cache (prefix reuse)
+        self._cached_tokens: list[int] = []
+        self.last_usage: dict = {}
 
     def config(self) -> dict:
         return {**self._weights, "dtype": str(self.lm.dtype).replace("torch.", "")}
 
+    # prompt tokens per prefill batch: the grid that makes prefix reuse exact (as in the llama.cpp engine)
+    CHUNK = 64
+
+    def _prefill(self, ids):
+        """The model's cache for ``ids`` on the CHUNK grid, reusing whole chunks of the last prompt.
+
+        Returns (cache, reused tokens). The caller decodes from a copy of the cache, so the cache
+        of the prompt survives for the next request; a cold and a warm prefill give the same numbers.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        tokens = ids[0].tolist()
+        common = 0
+        for a, b in zip(self._cached_tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        reuse = (common // self.CHUNK) * self.CHUNK
+        if self._cache is None or reuse == 0:
+            cache, reuse = DynamicCache(), 0
+        else:
+            cache = self._cache
+            drop = cache.get_seq_length() - reuse
+            if drop > 0:
+                cache.crop(-drop)  # keep the first `reuse` positions
+        for start in range(reuse, len(tokens), self.CHUNK):
+            chunk = ids[:, start:start + self.CHUNK]
+            pos = torch.arange(start, start + chunk.shape[1], device=ids.device)[None]
+            self.lm(input_ids=chunk, past_key_values=cache, position_ids=pos, cache_position=pos[0], use_cache=True)
+        self._cache, self._cached_tokens = cache, tokens
+        return cache, reuse
+
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
-                seed: int | None) -> list[str]:
+                seed: int | None, stop: list[str] | None = None) -> list[str]:
+        import copy
+        import time
+
         import torch
         from transformers import GenerationConfig
 
         # 1. format with the model's own chat template
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
         sampling = temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_tokens, do_sample=sampling, eos_token_id=self._eos, pad_token_id=self._pad,
             **({"temperature": float(temperature), "top_k": 0, "top_p": 1.0} if sampling else {}),
+            **({"stop_strings": list(stop)} if stop else {}),
         )
-        # 2. one completion per seed, so completion i does not depend on n;
-        #    the forked RNG leaves the caller's global torch RNG as it was.
         outputs = []
+        usage = {"prompt_tokens": ids.shape[1], "reused_tokens": 0, "completion_tokens": 0,
+                 "prefill_s": 0.0, "decode_s": 0.0}
         devices = [torch.cuda.current_device()] if self.device.startswith("cuda") else []
         with self._lock, torch.inference_mode():
+            # 2. the prompt once (all but its last token, on the chunk grid); each completion
+            #    decodes from a copy of that cache
+            t0 = time.perf_counter()
+            cache, usage["reused_tokens"] = self._prefill(ids[:, :-1])
+            usage["prefill_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             for i in range(n):
+                # one seed per completion, so completion i does not depend on n; the forked RNG
+                # leaves the caller's global torch RNG as it was
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(sample_seed(seed, i))
-                    out = self.lm.generate(**enc, generation_config=config)
-                new_tokens = out[0, enc["input_ids"].shape[1]:]
-                outputs.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
+                    out = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                           past_key_values=copy.deepcopy(cache), generation_config=config,
+                                           tokenizer=self.tokenizer if stop else None)
+                new_tokens = out[0, ids.shape[1]:]
+                usage["completion_tokens"] += int(new_tokens.shape[0])
+                text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+                cut = min((text.find(x) for x in stop or () if x in text), default=-1)
+                outputs.append(text[:cut] if cut >= 0 else text)
+            usage["decode_s"] = time.perf_counter() - t0
+        self.last_usage = usage
         return outputs
 
 

@@ -113,9 +113,11 @@ class OpenAIBackend:
             raise LLMError(f"unexpected chat completion shape: {str(reply)[:200]}") from e
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
-                seed: int | None) -> list[str]:
+                seed: int | None, stop: list[str] | None = None) -> list[str]:
         body = {"model": self.served_model, "messages": messages, "temperature": temperature,
                 "max_tokens": max_tokens, **self.extra_body}
+        if stop:
+            body["stop"] = list(stop)[:4]  # the OpenAI API takes at most four
         if seed is not None:
             body["seed"] = seed
         if n > 1:

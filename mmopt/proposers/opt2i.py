@@ -30,6 +30,7 @@ from typing import Any
 
 from mmopt import protect
 from mmopt.errors import LLMError, LLMUnavailableError
+from mmopt.llm.base import chat
 from mmopt.llm.parsing import normalize_for_dedup, parse_prompts
 from mmopt.types import SearchState, Trial
 
@@ -38,7 +39,8 @@ __all__ = ["OPT2IProposer", "from_name", "load_template", "SYSTEM_MESSAGE"]
 log = logging.getLogger(__name__)
 
 SYSTEM_MESSAGE = "You are an expert prompt engineer for text-to-image models."
-PLACEHOLDERS = ("intent", "style", "max_tokens", "protected_block", "history", "feedback_block", "n")
+PLACEHOLDERS = ("intent", "style", "max_tokens", "protected_block", "history", "feedback_block", "n", "s")
+MODES = ("list", "parallel")
 _STYLE_TEXT = {
     "tags": "comma-separated keywords and short phrases",
     "sentences": "one or two plain descriptive sentences in natural language",
@@ -98,13 +100,24 @@ class OPT2IProposer:
     else, frequent with very small LLMs, at the price of more empty iterations).
     Echoes of the meta-prompt's own sentences are always dropped.
 
+    ``mode`` says how the ``n`` revisions are asked for: ``"list"`` (OPT2I's
+    way: one reply holding a numbered list of n) or ``"parallel"`` (n replies
+    of one revision each, sampled with n seeds; a backend that decodes
+    sequences together, as the llama.cpp one does, writes all n in about the
+    time of one). ``feedback_chars`` caps each trial's feedback in the history
+    (the meta-prompt's length is most of a small LLM's time on a CPU);
+    ``inline_feedback`` puts the best trials' remarks (failed questions, weak
+    concepts) on their own history lines instead of a separate block that
+    repeats each prompt.
+
     After each ``propose`` call, ``last_stats`` says what happened (attempts,
-    LLM calls, candidates parsed/repaired/rejected, errors).
+    LLM calls, candidates parsed/repaired/rejected, errors, the LLM's usage).
     """
 
     def __init__(self, llm: Any, *, template: str | os.PathLike | None = None,
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
-                 max_feedback: int = 3, min_overlap: int = 0):
+                 max_feedback: int = 3, min_overlap: int = 0, mode: str = "list", feedback_chars: int = 200,
+                 inline_feedback: bool = True):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
@@ -118,6 +131,10 @@ class OPT2IProposer:
             raise ValueError(f"max_feedback must be an int >= 0, got {max_feedback!r}")
         if not isinstance(min_overlap, int) or min_overlap < 0:
             raise ValueError(f"min_overlap must be an int >= 0, got {min_overlap!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(feedback_chars, bool) or not isinstance(feedback_chars, int) or feedback_chars < 20:
+            raise ValueError(f"feedback_chars must be an int >= 20, got {feedback_chars!r}")
         self.llm = llm
         self.template = load_template(template)
         self.temperature = float(temperature)
@@ -125,6 +142,9 @@ class OPT2IProposer:
         self.max_retries = max_retries
         self.max_feedback = max_feedback
         self.min_overlap = min_overlap
+        self.mode = mode
+        self.feedback_chars = feedback_chars
+        self.inline_feedback = bool(inline_feedback)
         # The template's own words, to spot a reply that echoes the instructions.
         self._static = " ".join(string.Template.pattern.sub(" ", self.template).lower().split())
         self.name = f"opt2i({getattr(llm, 'name', type(llm).__name__)})"
@@ -133,16 +153,33 @@ class OPT2IProposer:
     def config(self) -> dict:
         return {"component": "mmopt.proposers.opt2i.OPT2IProposer", "llm": self.llm, "template": self.template,
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "max_retries": self.max_retries,
-                "max_feedback": self.max_feedback, "min_overlap": self.min_overlap}
+                "max_feedback": self.max_feedback, "min_overlap": self.min_overlap, "mode": self.mode,
+                "feedback_chars": self.feedback_chars, "inline_feedback": self.inline_feedback}
 
     # ------------------------------------------------------------ meta-prompt
     @staticmethod
-    def history_line(t: Trial) -> str:
-        """One history entry: the prompt, its score, and the label of a trial that broke a constraint."""
+    def history_line(t: Trial, remarks: str = "") -> str:
+        """One history entry: the prompt, its score, the label of a trial that broke a
+        constraint, and (for the best ones) what the scorers found wrong."""
         line = f"{t.prompt} | {t.objective:.3f}"
         if not t.feasible:
             line += " | rejected: " + "; ".join(t.meta.get("violations") or ["broke a constraint"])
+        if remarks:
+            line += f" | wrong: {remarks}"
         return line
+
+    def remarks(self, t: Trial) -> str:
+        """The scorers' remarks in ``t.feedback`` without the per-scorer means, cut to ``feedback_chars``."""
+        parts = []
+        for line in (t.feedback or "").splitlines():
+            head, sep, rest = line.partition(" | ")
+            if sep:
+                line = rest
+            elif re.fullmatch(r"\s*\S+: -?\d+(\.\d+)?\s*", line):
+                continue  # a scorer's bare mean: the history line already shows the objective
+            if line.strip():
+                parts.append(line.strip().replace(" seeds)", ")"))
+        return "; ".join(parts)[: self.feedback_chars]
 
     def build_messages(self, state: SearchState, n: int, protected: list[str]) -> list[dict]:
         """The chat messages of the meta-prompt for ``state``, asking for ``n`` revisions."""
@@ -151,14 +188,15 @@ class OPT2IProposer:
         # prompts still being rendered (lookahead) come first, unscored, so the LLM neither
         # repeats them nor reads them as the best so far (the best is last)
         lines = [f"{p} | not scored yet" for p in state.pending]
+        feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
+        inline = {t.index: self.remarks(t) for t in feedback} if self.inline_feedback else {}
         if history:
-            lines += [self.history_line(t) for t in history]
+            lines += [self.history_line(t, inline.get(t.index, "")) for t in history]
         elif not state.pending:
             lines = [f"{intent} | not scored yet"]
-        feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
         feedback_block = ""
-        if feedback:
-            items = [f'- for "{t.prompt}": {" ".join(t.feedback.split())[:400]}' for t in feedback]
+        if feedback and not self.inline_feedback:
+            items = [f'- for "{t.prompt}": {" ".join(t.feedback.split())[:self.feedback_chars]}' for t in feedback]
             feedback_block = "\nWhat the scorer found wrong with the best images:\n" + "\n".join(items) + "\n"
         protected_block = ""
         if protected:
@@ -166,7 +204,7 @@ class OPT2IProposer:
             protected_block = f"\nCopy these exact spans unchanged into every prompt: {spans}.\n"
         style = _STYLE_TEXT.get(state.prompt_style, f"prompts in the style: {state.prompt_style}")
         text = string.Template(self.template).safe_substitute(
-            intent=intent, style=style, max_tokens=state.max_prompt_tokens, n=n,
+            intent=intent, style=style, max_tokens=state.max_prompt_tokens, n=n, s="" if n == 1 else "s",
             protected_block=protected_block, history="\n".join(lines), feedback_block=feedback_block,
         )
         return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": text}]
@@ -203,25 +241,39 @@ class OPT2IProposer:
         # A rambling paragraph is no prompt: allow up to twice the encoder budget in words.
         max_words = max(20, 2 * int(state.max_prompt_tokens))
 
+        # Tokens one revision may take: about twice the intent, within the encoder's window
+        # (a reply is cut there, so a small LLM that rambles does not decode a paragraph).
+        item_tokens = max(24, min(int(state.max_prompt_tokens) + 8, 2 * len(intent_words) * 2 + 24))
+
         # 2. ask, parse, filter; retry with a fresh seed while nothing usable came back
         accepted: list[str] = []
+        usage: dict = {}
         for attempt in range(1 + self.max_retries):
             want = n - len(accepted)
             seed = state.rng.randrange(2**31)  # the run's RNG, never the global one
-            messages = self.build_messages(state, want, protected)
-            max_tokens = self.max_tokens or 60 * want + 40
+            if self.mode == "list":  # one reply, a numbered list; stop where item want+1 would begin
+                messages = self.build_messages(state, want, protected)
+                request = {"n": 1, "max_tokens": self.max_tokens or want * item_tokens + 16,
+                           "stop": [f"\n{want + 1}.", f"\n{want + 1})"]}
+            else:  # want replies of one revision each, decoded together where the backend can
+                messages = self.build_messages(state, 1, protected)
+                request = {"n": want, "max_tokens": self.max_tokens or item_tokens, "stop": ["\n\n"]}
             stats["attempts"] += 1
             stats["llm_calls"] += 1
             try:
-                reply = self.llm.chat(messages, n=1, temperature=self.temperature, max_tokens=max_tokens,
-                                      seed=seed)[0]
+                replies = chat(self.llm, messages, temperature=self.temperature, seed=seed, **request)
             except LLMUnavailableError:
                 raise  # the LLM is down: the run stops (resumable), it is not an empty iteration
             except LLMError as e:
                 log.warning("%s: LLM failed on attempt %d: %s", self.name, attempt + 1, e)
                 stats["errors"].append(str(e))
                 continue
-            for cand in parse_prompts(reply, max_items=4 * want):
+            for k, v in (getattr(self.llm, "last_usage", None) or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    usage[k] = usage.get(k, 0) + v
+            items = [c for reply in replies for c in parse_prompts(reply, max_items=4 * want if
+                                                                      self.mode == "list" else 1)]
+            for cand in items:
                 stats["parsed"] += 1
                 cand = " ".join(protect.strip_keep_tags(cand).split())
                 if self._off_topic(cand, intent_words):
@@ -251,6 +303,7 @@ class OPT2IProposer:
                 break
         if not accepted:
             log.warning("%s: no usable rewrite after %d attempts", self.name, stats["attempts"])
+        stats["llm_usage"] = usage
         return accepted[:n]
 
 

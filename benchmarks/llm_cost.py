@@ -1,0 +1,188 @@
+"""What the LLM costs the offline loop, and what each cut saves, in one run.
+
+On ShapesWorld (the shipped generator, detector DSG + CLIP as in the offline
+preset, the embedded SmolLM2-135M through llama.cpp) every configuration gets
+the same image budget per prompt and its own empty cache, interleaved prompt
+by prompt so the machine's load hits all alike:
+
+* ``best-of-N``: the original prompt on N seeds (no LLM): the yardstick;
+* ``opt2i/legacy``: the OPT2I request as it was before this benchmark's
+  changes (the old meta-prompt order, 60 tokens per requested prompt + 40,
+  no stop strings, 400-character feedback in a block of its own, every prompt evaluated from
+  scratch, llama.cpp on half the cores), on today's decoding code;
+* ``opt2i/list``: today's default (stable prefix first, so it is reused; a
+  token cap per revision; a stop where the list's next item would start;
+  the best trials' remarks on their history lines; the free cores);
+* ``opt2i/parallel``: the same, with the n revisions asked as n one-prompt
+  replies decoded together as parallel sequences.
+
+Per configuration it prints the wall time per prompt, the time spent waiting
+on the LLM, and per LLM call the prompt tokens (and how many were reused from
+the cache), the generated tokens and decode steps, and prefill/decode seconds
+(llama.cpp's own share, timed around its calls). The target: OPT2I at 128
+images <= 3x the wall time of best-of-N.
+
+    python benchmarks/llm_cost.py --prompts 4                  # ~5-15 min on 2 cores
+    python benchmarks/llm_cost.py --prompts 2 --budget 32      # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# The meta-prompt as it was before the prefix-first reorder (for the legacy configuration).
+LEGACY_TEMPLATE = (
+    "Task: improve a prompt for a text-to-image model so that its images show exactly what the user asked for. "
+    "A scorer rates each prompt's images against the user's request (higher is better).\n"
+    "Style: $style, under $max_tokens tokens.\n$protected_block\nPrompts tried so far, worst to best, with scores:\n"
+    "$history\n$feedback_block\nWrite $n new prompts for the image \"$intent\". Keep every object, count, colour and "
+    "position of the request, add concrete visual detail, and make each prompt different from the ones above. "
+    "Reply with a numbered list only.\n"
+)
+CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel")
+
+
+class _NoStop:
+    """The LLM without stop strings (the legacy request): ``chat`` drops ``stop``."""
+
+    def __init__(self, llm):
+        self.llm, self.name = llm, llm.name
+
+    def config(self):
+        return self.llm.config()
+
+    def chat(self, messages, *, n=1, temperature=1.0, max_tokens=256, seed=None):
+        return self.llm.chat(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+    @property
+    def last_usage(self):
+        return self.llm.last_usage
+
+
+def _proposer(config: str, llm, legacy_llm, candidates: int):
+    from mmopt.proposers.opt2i import OPT2IProposer
+
+    if config == "opt2i/legacy":
+        return OPT2IProposer(_NoStop(legacy_llm), template=LEGACY_TEMPLATE, max_tokens=60 * candidates + 40,
+                             feedback_chars=400, inline_feedback=False)
+    return OPT2IProposer(llm, mode=config.split("/")[1])
+
+
+def run_one(prompt: str, config: str, args, parts: dict) -> dict:
+    from mmopt.cache import Cache
+    from mmopt.optimizer import Budget, Optimizer
+
+    gen, scorers = parts["generator"], parts["scorers"]
+    t0 = time.perf_counter()
+    if config == "best-of-N":
+        from mmopt.evaluator import Evaluator
+        from mmopt.objective import Objective
+
+        ev = Evaluator(gen, scorers, parts["objective"] or Objective.for_scorers(scorers), cache=Cache(":memory:"))
+        ev.evaluate_all([prompt], list(range(args.budget)), prompt)
+        return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0, "llm_wait": 0.0,
+                "calls": []}
+    proposer = _proposer(config, parts["llm"], parts["legacy_llm"], args.candidates)
+    calls = []
+    opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
+                    seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget))
+    inner = proposer.propose
+
+    def recording(state, n):  # one row per propose call: what the LLM did for it
+        out = inner(state, n)
+        calls.append({"llm_calls": proposer.last_stats["llm_calls"], **proposer.last_stats.get("llm_usage", {})})
+        return out
+
+    proposer.propose = recording
+    res = opt.run(prompt)
+    return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0,
+            "llm_wait": res.timings["propose"], "images": res.images, "calls": calls,
+            "trials": len(res.trials)}
+
+
+def summarise(rows: list[dict]) -> str:
+    by = {c: [r for r in rows if r["config"] == c] for c in CONFIGS}
+    base = statistics.fmean(r["seconds"] for r in by["best-of-N"]) if by["best-of-N"] else None
+    out = ["| configuration | s / prompt | waiting on the LLM | x best-of-N | LLM calls / prompt | prompt tokens "
+           "(reused) / call | new tokens / call | decode steps / call | prefill s / call | decode s / call |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for c, rs in by.items():
+        if not rs:
+            continue
+        sec = statistics.fmean(r["seconds"] for r in rs)
+        wait = statistics.fmean(r["llm_wait"] for r in rs)
+        calls = [k for r in rs for k in r["calls"]]
+        n_calls = sum(k.get("llm_calls", 1) for k in calls) / len(rs)
+
+        def per_call(key):
+            vals = [k.get(key, 0) for k in calls]
+            total = sum(k.get("llm_calls", 1) for k in calls)
+            return sum(vals) / total if total else 0.0
+
+        ratio = f"x{sec / base:.1f}" if base else "-"
+        if c == "best-of-N":
+            out.append(f"| {c} | {sec:.1f} | - | x1.0 | 0 | - | - | - | - | - |")
+        else:
+            out.append(f"| {c} | {sec:.1f} | {wait:.1f} s ({100 * wait / sec:.0f}%) | {ratio} | {n_calls:.1f} | "
+                       f"{per_call('prompt_tokens'):.0f} ({per_call('reused_tokens'):.0f}) | "
+                       f"{per_call('completion_tokens'):.0f} | {per_call('decode_steps'):.0f} | "
+                       f"{per_call('prefill_s'):.2f} | {per_call('decode_s'):.2f} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=4, help="ShapesWorld benchmark prompts")
+    p.add_argument("--budget", type=int, default=128, help="images per prompt and configuration")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--candidates", type=int, default=4)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--out", default=None, help="write the rows (JSONL) and the table (.md) here")
+    args = p.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad:
+        raise SystemExit(f"unknown configurations {bad}; expected some of {CONFIGS}")
+
+    import os
+
+    from mmopt import registry
+    from mmopt.llm.gguf import embedded_smollm2_path, load_gguf
+    from mmopt.objective import Objective
+    from mmopt.presets import load_preset
+    from mmopt.shapesworld.grammar import benchmark_prompts
+
+    preset = load_preset("offline")
+    gen = registry.create("generator", preset["generator"])
+    scorers = [registry.create("scorer", s) for s in preset["scorers"]]
+    objective = Objective.for_scorers(scorers, preset.get("weights"))
+    llm = registry.create("llm", "smollm2")
+    # the legacy request ran llama.cpp on half the cores
+    legacy_llm = load_gguf(embedded_smollm2_path(), n_threads=max(1, (os.cpu_count() or 2) // 2), reuse_prefix=False)
+    parts = {"generator": gen, "scorers": scorers, "objective": objective, "llm": llm, "legacy_llm": legacy_llm}
+    prompts = benchmark_prompts(args.prompts, seed=0)
+    rows = []
+    t_start = time.time()
+    for i, prompt in enumerate(prompts):
+        for c in configs:  # interleaved: a load change hits every configuration alike
+            r = run_one(prompt, c, args, parts)
+            rows.append(r)
+            print(f"[{time.time() - t_start:6.0f}s] prompt {i + 1}/{len(prompts)} {c:15s} {r['seconds']:6.1f} s "
+                  f"(LLM {r['llm_wait']:5.1f} s)", file=sys.stderr, flush=True)
+    table = summarise(rows)
+    print(f"{len(prompts)} ShapesWorld prompts, {args.budget} images each ({args.seeds} seeds, {args.candidates} "
+          f"candidates per iteration), embedded SmolLM2-135M (llama.cpp), {os.cpu_count()} cores\n")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

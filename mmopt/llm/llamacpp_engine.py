@@ -1,0 +1,223 @@
+"""Decoding for the llama.cpp backend: a reused prompt prefix and n sequences in one batch.
+
+On a CPU the loop waits on the LLM, and a rewrite request spends its time in
+two places: the prompt pass (the meta-prompt, mostly the same from one
+iteration to the next) and token-by-token decoding. This engine cuts both:
+
+1. **Prefix reuse, deterministically.** The prompt is always evaluated in
+   chunks of ``CHUNK`` tokens on a fixed grid from position 0, so the keys and
+   values of chunk k depend on the first (k+1) x CHUNK tokens only. A request
+   whose prompt shares whole chunks with the previous prompt reuses them from
+   the cache and evaluates the rest on the same grid: the logits are exactly
+   those of a cold evaluation, so a seeded request gives the same text
+   whether the prefix was cached or not (llama-cpp-python's own prefix reuse
+   re-evaluates whatever tail differs in one batch, which changes the
+   numbers slightly and, with them, sampled text).
+2. **n completions as parallel sequences.** The prompt's cache is shared by n
+   sequences (``seq_cp``) that are decoded together, one batch of n tokens
+   per step, each with its own sampler seeded by ``sample_seed(seed, i)``. On a
+   CPU a batch of n tokens costs little more than one (the weights are read
+   once per step), so n completions cost about as much as the longest one.
+   The result is reproducible for the same request; completion i can differ
+   in the last bits from a request with another n, since the batch it was
+   decoded in differs.
+3. **Stop strings** end a sequence as soon as they appear (the text is cut
+   before them); the end-of-generation tokens of the vocabulary end it too.
+
+It runs on llama-cpp-python's context/batch/sampler wrappers (``_internals``,
+the thin layer over llama.cpp's C API that ``Llama`` itself uses), on a
+context of its own with room for several sequences.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from mmopt.errors import LLMError
+from mmopt.llm.base import sample_seed
+
+CHUNK = 64        # prompt tokens per evaluation batch: the grid that makes prefix reuse exact
+MAX_SEQUENCES = 8  # completions decoded together at most (more are decoded in rounds)
+
+
+@dataclass
+class Usage:
+    """What one request cost: tokens and seconds per stage."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0       # prompt tokens whose cache was reused
+    completion_tokens: int = 0   # over every sequence
+    decode_steps: int = 0        # batches decoded (what the wall time follows)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    threads: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "reused_tokens": self.reused_tokens,
+                "completion_tokens": self.completion_tokens, "decode_steps": self.decode_steps,
+                "prefill_s": round(self.prefill_s, 4), "decode_s": round(self.decode_s, 4),
+                "threads": self.threads}
+
+
+class LlamaCppEngine:
+    """Prefill + parallel decode over a llama-cpp-python ``Llama``'s model.
+
+    ``llama`` supplies the model weights, tokenizer and chat template; the
+    engine makes its own context of ``n_ctx`` cells shared by up to
+    ``MAX_SEQUENCES`` sequences.
+    """
+
+    def __init__(self, llama, n_ctx: int, *, reuse_prefix: bool = True):
+        import llama_cpp
+        from llama_cpp import _internals, llama_chat_format
+
+        self.llama = llama
+        self._api = llama_cpp
+        self._internals = _internals
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = max(CHUNK, MAX_SEQUENCES)
+        params.n_ubatch = params.n_batch
+        params.n_seq_max = MAX_SEQUENCES
+        params.kv_unified = True  # the sequences share one cache: the prompt's cells are not copied
+        params.n_threads = params.n_threads_batch = llama.context_params.n_threads
+        self.ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
+        self.n_ctx = n_ctx
+        self._vocab = llama._model.vocab
+        # the chat template stored in the GGUF file formats the conversation
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise LLMError(f"{llama.model_path!r} has no chat template in its metadata; use a chat (instruct) model")
+        eos, bos = llama.token_eos(), llama.token_bos()
+        self._formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llama._model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
+        self._cached: list[int] = []  # the last prompt, whose chunks sit in sequence 0's cache
+        self.reuse_prefix = bool(reuse_prefix)
+
+    # ------------------------------------------------------------------ prompt
+    def prompt_tokens(self, messages: list[dict]) -> tuple[list[int], list[str]]:
+        """The chat-formatted prompt as tokens, and the template's own stop strings."""
+        result = self._formatter(messages=messages)
+        tokens = self.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
+        return tokens, [s for s in stops if s]
+
+    def _prefill(self, tokens: list[int], usage: Usage) -> int:
+        """Evaluate ``tokens`` for sequence 0 on the CHUNK grid, reusing whole cached chunks.
+
+        Returns the batch index of the last prompt token (whose logits the first sample reads).
+        """
+        common = 0
+        for a, b in zip(self._cached if self.reuse_prefix else (), tokens):
+            if a != b:
+                break
+            common += 1
+        reuse = (common // CHUNK) * CHUNK
+        if reuse >= len(tokens):  # the whole prompt is cached: evaluate its last chunk again for the logits
+            reuse = ((len(tokens) - 1) // CHUNK) * CHUNK
+        self.ctx.kv_cache_seq_rm(-1, reuse, -1)  # every sequence, from the first position not reused
+        for s in range(1, MAX_SEQUENCES):
+            self.ctx.kv_cache_seq_rm(s, 0, -1)
+        self._cached = list(tokens[:reuse])
+        last = 0
+        for start in range(reuse, len(tokens), CHUNK):
+            chunk = tokens[start:start + CHUNK]
+            self.batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+            self._decode()
+            self._cached.extend(chunk)
+            last = len(chunk) - 1
+        usage.prompt_tokens += len(tokens)
+        usage.reused_tokens += reuse
+        return last
+
+    def _decode(self) -> None:
+        code = self._api.llama_decode(self.ctx.ctx, self.batch.batch)
+        if code != 0:
+            raise LLMError(f"llama.cpp could not decode a batch (code {code}): the context window "
+                           f"({self.n_ctx} tokens) may be too small for this request")
+
+    # ------------------------------------------------------------------ decoding
+    def _sampler(self, temperature: float, seed: int):
+        sampler = self._internals.LlamaSampler()
+        if temperature <= 0:
+            sampler.add_greedy()
+        else:  # plain temperature sampling: no top-k/top-p/min-p truncation, no penalties
+            sampler.add_temp(float(temperature))
+            sampler.add_dist(seed)
+        return sampler
+
+    def generate(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
+                 seed: int | None, stop: list[str] | None = None, threads: int | None = None) -> tuple[list[str], Usage]:
+        """``n`` completions of ``messages`` (in rounds of at most MAX_SEQUENCES), and the usage."""
+        usage = Usage()
+        if threads:
+            self.ctx.set_n_threads(threads, threads)
+            usage.threads = threads
+        tokens, template_stops = self.prompt_tokens(messages)
+        stops = [s for s in (stop or []) if s] + template_stops
+        outputs: list[str] = []
+        while len(outputs) < n:
+            k = min(MAX_SEQUENCES, n - len(outputs))
+            if len(tokens) + k * max_tokens > self.n_ctx:
+                raise LLMError(f"the request needs {len(tokens)} prompt tokens + {k} x {max_tokens} new tokens, "
+                               f"over the {self.n_ctx}-token context; ask for fewer tokens or completions")
+            seeds = [sample_seed(seed, len(outputs) + i) for i in range(k)]
+            outputs += self._round(tokens, seeds, temperature, max_tokens, stops, usage)
+        return outputs, usage
+
+    def _round(self, tokens, seeds, temperature, max_tokens, stops, usage) -> list[str]:
+        # 1. the prompt, once, for sequence 0; the other sequences share its cells
+        t0 = time.perf_counter()
+        last = self._prefill(tokens, usage)
+        p = len(tokens)
+        for s in range(1, len(seeds)):
+            self.ctx.kv_cache_seq_cp(0, s, 0, p)
+        usage.prefill_s += time.perf_counter() - t0
+        # 2. decode every live sequence in one batch per step
+        t0 = time.perf_counter()
+        samplers = [self._sampler(temperature, sd) for sd in seeds]
+        generated: list[list[int]] = [[] for _ in seeds]
+        texts = [""] * len(seeds)
+        live = list(range(len(seeds)))
+        index = {s: last for s in live}  # where each sequence's next logits sit in the last batch
+        try:
+            for step in range(max_tokens):
+                new = []
+                for s in live:
+                    tok = samplers[s].sample(self.ctx, index[s])
+                    usage.completion_tokens += 1
+                    if self._api.llama_vocab_is_eog(self._vocab, tok):
+                        continue
+                    generated[s].append(tok)
+                    # the whole reply each time: a character may span tokens
+                    text = self.llama.detokenize(generated[s]).decode("utf-8", errors="ignore")
+                    cut = min((text.find(x) for x in stops if x in text), default=-1)
+                    if cut >= 0:
+                        texts[s] = text[:cut]
+                        continue
+                    texts[s] = text
+                    new.append((s, tok))
+                live = [s for s, _ in new]
+                if not live or step == max_tokens - 1:
+                    break
+                self.batch.reset()
+                for j, (s, tok) in enumerate(new):
+                    b = self.batch.batch
+                    b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, p + step, 1, True
+                    b.seq_id[j][0] = s
+                    index[s] = j
+                self.batch.batch.n_tokens = len(new)
+                self._decode()
+                usage.decode_steps += 1
+        finally:
+            # 3. keep only the prompt (sequence 0) for the next request's prefix
+            for s in range(1, len(seeds)):
+                self.ctx.kv_cache_seq_rm(s, 0, -1)
+            self.ctx.kv_cache_seq_rm(0, p, -1)
+            for sampler in samplers:
+                sampler.close()
+        usage.decode_s += time.perf_counter() - t0
+        return texts
