@@ -33,6 +33,7 @@ KINDS = ("generator", "scorer", "llm", "proposer", "strategy", "vqa")
 BUILTINS: dict[str, dict[str, str]] = {
     "generator": {
         "diffusers": "mmopt.pipelines.diffusers_t2i:from_name",
+        "diffusers-video": "mmopt.pipelines.diffusers_video:from_name",
         "offline": "mmopt.pipelines.offline:t2i_from_name",
     },
     "scorer": {
