@@ -48,11 +48,15 @@ BUILTINS: dict[str, dict[str, str]] = {
         "hps": "mmopt.scorers.preference:hps_from_name",
         "imagereward": "mmopt.scorers.preference:imagereward_from_name",
         "offline": "mmopt.scorers.offline:from_name",
+        "frames": "mmopt.scorers.video:frames_from_name",
+        "temporal": "mmopt.scorers.video:temporal_from_name",
+        "motion": "mmopt.scorers.video:motion_from_name",
     },
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
         "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
         "shapes": "mmopt.shapesworld.vqa:from_name",
+        "shapes-video": "mmopt.shapesworld.video:vqa_from_name",
     },
     "llm": {
         "gguf": "mmopt.llm.gguf:from_name",
