@@ -56,7 +56,6 @@ BUILTINS: dict[str, dict[str, str]] = {
         "blip": "mmopt.scorers.vqa:blip_from_name",
         "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
         "shapes": "mmopt.shapesworld.vqa:from_name",
-        "shapes-video": "mmopt.shapesworld.video:vqa_from_name",
     },
     "llm": {
         "gguf": "mmopt.llm.gguf:from_name",

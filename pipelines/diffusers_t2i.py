@@ -369,6 +369,27 @@ class PipelineGenerator:
             warnings.warn(f"{self.pipeline_class} takes no {dropped}; ignoring them", stacklevel=4)
         return {k: v for k, v in args.items() if k in self._call_params}
 
+    def _pipeline_record(self) -> dict:
+        """The part of ``config()`` every pipeline generator shares: the weights (a local folder
+        by its content, not where it lies), the pipeline and scheduler, precision, sampling."""
+        import diffusers
+
+        p = self.preset
+        return {
+            "model": "local" if self.local else self.model_id,
+            "revision": self.revision,
+            "variant": self.variant,
+            "pipeline": self.pipeline_class,
+            "scheduler": type(self.pipe.scheduler).__name__ if hasattr(self.pipe, "scheduler") else None,
+            "dtype": dtype_name(self.dtype),
+            "device": self.device.split(":")[0],
+            "steps": int(p["steps"]),
+            "guidance": float(p["guidance"]),
+            "negative_prompt": p.get("negative_prompt"),
+            "call_kwargs": p["call_kwargs"],
+            "diffusers": diffusers.__version__,
+        }
+
     def generate(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> list[Generation]:
         """Render ``prompts[i]`` (a prompt or a Candidate, whose negative prompt wins over the
         preset's) with ``seeds[i]`` for every i; one Generation each, in order.
@@ -619,26 +640,12 @@ class DiffusersGenerator(PipelineGenerator):
         >>> sorted(gen.config())                                             # doctest: +SKIP
         ['call_kwargs', 'component', 'device', 'diffusers', 'dtype', 'guidance', ...]
         """
-        import diffusers
-
         p = self.preset
         return {
             "component": "mmopt.pipelines.diffusers_t2i.DiffusersGenerator",
-            # a local folder is named by its content (self.revision), not by where it lies
-            "model": "local" if self.local else self.model_id,
-            "revision": self.revision,
-            "variant": self.variant,
-            "pipeline": self.pipeline_class,
-            "scheduler": type(self.pipe.scheduler).__name__ if hasattr(self.pipe, "scheduler") else None,
-            "dtype": dtype_name(self.dtype),
-            "device": self.device.split(":")[0],
-            "steps": int(p["steps"]),
-            "guidance": float(p["guidance"]),
+            **self._pipeline_record(),
             "height": p.get("height"),
             "width": p.get("width"),
-            "negative_prompt": p.get("negative_prompt"),
-            "call_kwargs": p["call_kwargs"],
-            "diffusers": diffusers.__version__,
             # only a tiny decoder changes the images; the other fast paths are the same
             # function (other rounding), like the batch size
             **({"decoder": "tiny", "tiny_decoder": str(self.fast["tiny_decoder"])}

@@ -442,30 +442,16 @@ class DiffusersVideoGenerator(PipelineGenerator):
 
     def config(self) -> dict:
         """Everything that determines a clip besides (candidate, seed): this generator's identity."""
-        import diffusers
-
-        p = self.preset
         return {
             "component": "mmopt.pipelines.diffusers_video.DiffusersVideoGenerator",
-            "model": "local" if self.local else self.model_id,
-            "revision": self.revision,
+            **self._pipeline_record(),
             "motion_adapter": None if self.adapter is None else {k: self.adapter[k] for k in ("model", "revision")},
-            "variant": self.variant,
-            "pipeline": self.pipeline_class,
-            "scheduler": type(self.pipe.scheduler).__name__ if hasattr(self.pipe, "scheduler") else None,
-            "dtype": dtype_name(self.dtype),
-            "device": self.device.split(":")[0],
-            "steps": int(p["steps"]),
-            "guidance": float(p["guidance"]),
             "num_frames": self.num_frames,
             "fps": self.fps,
             "height": self.height,
             "width": self.width,
-            "negative_prompt": p.get("negative_prompt"),
-            "call_kwargs": p["call_kwargs"],
             # tiled decoding blends tile seams: other pixels
-            "vae_tiling": bool(p["vae_tiling"]),
-            "diffusers": diffusers.__version__,
+            "vae_tiling": bool(self.preset["vae_tiling"]),
         }
 
     def __repr__(self) -> str:
