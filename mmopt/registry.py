@@ -55,6 +55,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
         "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
+        "hf-video": "mmopt.scorers.vqa:hf_video_from_name",
         "shapes": "mmopt.shapesworld.vqa:from_name",
     },
     "llm": {

@@ -217,3 +217,28 @@ def test_cli_optimizes_a_video_prompt_and_exports_it(tiny_animatediff_dir, tmp_p
     assert main(["export", "video-cli", "--out", str(out), "--format", "mp4", "--no-progress"]) == 0
     assert len(list((out / "runs" / "video-cli" / "media").glob("*.mp4"))) == 2
     assert main(["export", "no-such-run", "--out", str(out)]) == 2
+
+
+def test_a_transformers_video_vlm_answers_about_frame_sets(tmp_path_factory):
+    """A tiny Qwen2-VL (random weights, SmolLM2's real tokenizer, Qwen2-VL's video processor) loaded
+    as ``hf-video:<dir>``: it is asked about whole clips, so its answers depend on the frames."""
+    from _vqa_tiny import build_tiny_qwen2_vl
+
+    from mmopt.registry import create
+    from mmopt.scorers.dsg import DSGScorer
+    from mmopt.shapesworld.video import VideoSpec, render_clip, video_dsg_questions
+
+    path = build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2vl") / "model")
+    vqa = create("vqa", f"hf-video:{path}", frames=4)
+    assert vqa.takes_frames and vqa.name == f"hf-video:{path}" and vqa.config()["frames"] == 4
+    left = render_clip(VideoSpec("red", "circle", "left"), 0, frames=8, size=32)
+    still = render_clip(VideoSpec("blue", "square", "static"), 0, frames=8, size=32)
+    q = "Is the red circle moving to the left?"
+    a_left, a_still, a_short = vqa.answer([left, still, left[:1]], [q, q, q])
+    assert 0 < a_left.p_yes < 1 and a_left.p_yes != a_still.p_yes and a_short.answer in ("yes", "no")
+    assert vqa.answer([left], [q])[0].p_yes == pytest.approx(a_left.p_yes, abs=1e-5)  # batch-independent
+    dsg = DSGScorer(vqa, questions=video_dsg_questions, frames=6)
+    s = dsg.score([Generation("a red circle moving to the left", 0, left)], "a red circle moving to the left")[0]
+    assert s.details["n_questions"] == 2 and dsg.config()["frames"] == 6
+    with pytest.raises(ValueError, match="frame_sets\\[0\\] is empty"):
+        vqa.answer([[]], [q])
