@@ -46,7 +46,8 @@ import torch
 
 from mmopt.device import dtype_name, pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
-from mmopt.pipelines.diffusers_t2i import (_UNSET, PipelineGenerator, _is_oom, _load_pipeline, check_generator_args,
+from mmopt.pipelines.diffusers_t2i import (_UNSET, PipelineGenerator, _is_oom, _load_pipeline, _pipeline_lock,
+                                           check_generator_args,
                                            load_presets, locate_pipeline, name_and_revision,
                                            resolve_preset)
 from mmopt.types import Candidate, Generation
@@ -232,6 +233,7 @@ class DiffusersVideoGenerator(PipelineGenerator):
                                    offload="none" if offload == "none" else offload, auto=False,
                                    components=components)
         self.variant, self.offload, self.on_unsupported = variant, offload, on_unsupported
+        self._call_lock = _pipeline_lock(cache_id)  # one call at a time per loaded pipeline
         self._call_params = inspect.signature(self.pipe.__call__).parameters
         self._tokenizer = getattr(self.pipe, self.preset.get("tokenizer") or "tokenizer", None) \
             or getattr(self.pipe, "tokenizer", None)
@@ -374,8 +376,10 @@ class DiffusersVideoGenerator(PipelineGenerator):
             chunk = units[i:i + size]
             start = time.perf_counter()
             try:
-                self._set_vae_memory()
-                with torch.inference_mode():
+                # one call at a time per loaded pipeline: its scheduler keeps per-call state and
+                # the VAE switches are set for this generator's call
+                with self._call_lock, torch.inference_mode():
+                    self._set_vae_memory()
                     out = self.pipe(**self._call_args(chunk, cands)).frames
                 clips = [list(clip) for clip in out][:size]
             except Exception as e:
