@@ -57,6 +57,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
         "hf-video": "mmopt.scorers.vqa:hf_video_from_name",
         "shapes": "mmopt.shapesworld.vqa:from_name",
+        "shapes-video": "mmopt.shapesworld.video:vqa_from_name",
     },
     "llm": {
         "gguf": "mmopt.llm.gguf:from_name",

@@ -93,6 +93,22 @@ def resolve_preset(model: str, pipeline_class: str | None, local_preset: dict | 
     return preset
 
 
+VIDEO_PRESETS = "video_models.json"  # the video generator's table (mmopt.pipelines.diffusers_video)
+# Classes whose name says video: refused by the image generator; the video generator takes them
+# with the default video preset when its table does not know them yet.
+_VIDEO_NAME = re.compile(r"(Video|AnimateDiff|CogVideoX|Wan|Mochi|Allegro|Latte|TextToVideo)", re.I)
+
+
+def is_video_pipeline(pipeline_class: str) -> bool:
+    """Whether ``pipeline_class`` (``model_index.json``'s ``_class_name``) renders video.
+
+    >>> is_video_pipeline("CogVideoXPipeline"), is_video_pipeline("StableDiffusionPipeline")
+    (True, False)
+    """
+    families = load_presets(VIDEO_PRESETS)["families"]
+    return pipeline_class in families and pipeline_class != "default" or bool(_VIDEO_NAME.search(pipeline_class or ""))
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -465,8 +481,6 @@ class DiffusersGenerator(PipelineGenerator):
         index, local_preset, source, local_files_only = found.index, found.local_preset, found.source, found.local_files_only
         self.model_id, self.local, self.revision = found.model_id, found.local, found.revision
         self.pipeline_class = str(index.get("_class_name", ""))
-        from mmopt.pipelines.diffusers_video import is_video_pipeline  # the video families are data there
-
         if is_video_pipeline(self.pipeline_class):
             raise ValueError(f"{model!r} is a text-to-video pipeline ({self.pipeline_class}); load it with "
                              f"the video generator: 'diffusers-video:{model}'")

@@ -37,7 +37,6 @@ a list of PIL frames and ``meta["fps"]`` says how fast they play.
 from __future__ import annotations
 
 import inspect
-import re
 import time
 import warnings
 from typing import Any, Sequence
@@ -46,30 +45,16 @@ import torch
 
 from mmopt.device import dtype_name, pick_device, pick_dtype
 from mmopt.errors import ModelLoadError
-from mmopt.pipelines.diffusers_t2i import (_UNSET, PipelineGenerator, _is_oom, _load_pipeline, _pipeline_lock,
-                                           check_generator_args,
-                                           load_presets, locate_pipeline, name_and_revision,
-                                           resolve_preset)
+from mmopt.pipelines.diffusers_t2i import (_UNSET, VIDEO_PRESETS, PipelineGenerator, _is_oom, _load_pipeline,
+                                           _pipeline_lock, check_generator_args, is_video_pipeline,
+                                           locate_pipeline, name_and_revision, resolve_preset)
 from mmopt.types import Candidate, Generation
 
-PRESETS = "video_models.json"
+PRESETS = VIDEO_PRESETS
 ON_UNSUPPORTED = ("nearest", "error")
 OFFLOAD = ("none", "model", "sequential")
-# Classes whose name says video: rejected by the image generator, accepted here with the
-# default preset when the table does not know them yet.
-_VIDEO_NAME = re.compile(r"(Video|AnimateDiff|CogVideoX|Wan|Mochi|Allegro|Latte|TextToVideo)", re.I)
 # Image pipelines an AnimateDiff motion adapter can animate (SD 1.5 UNets).
 _ANIMATABLE = ("StableDiffusionPipeline",)
-
-
-def is_video_pipeline(pipeline_class: str) -> bool:
-    """Whether ``pipeline_class`` (``model_index.json``'s ``_class_name``) renders video.
-
-    >>> is_video_pipeline("CogVideoXPipeline"), is_video_pipeline("StableDiffusionPipeline")
-    (True, False)
-    """
-    families = load_presets(PRESETS)["families"]
-    return pipeline_class in families and pipeline_class != "default" or bool(_VIDEO_NAME.search(pipeline_class or ""))
 
 
 # --------------------------------------------------------------------------- what a pipeline supports

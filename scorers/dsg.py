@@ -490,7 +490,7 @@ class DSGScorer:
     DSG-1k loaded with :func:`load_dsg_csv`, keyed by prompt text), or
     ``None`` with ``llm`` given (a :class:`DSGQuestionGenerator` is built).
     All images x all questions go to ONE ``vqa.answer`` call per ``score``.
-    A VQA model with ``takes_frames = True`` (``shapes:video``, ``hf-video:...``)
+    A VQA model with ``takes_frames = True`` (``shapes-video``, ``hf-video:...``)
     is asked about ``frames`` frames sampled uniformly from each clip (questions about
     actions and motion need several); any other sees a clip's middle frame.
 

@@ -7,7 +7,7 @@
   every question about a ShapesWorld caption is answered exactly on renders.
 * ``"offline:dsg-video"``: DSG on ShapesWorld clips: questions about the object and its
   motion from the video caption parser, answered on sampled frames by the detector's
-  tracker (``"vqa:shapes:video"``).
+  tracker (``"vqa:shapes-video"``).
 
 >>> from mmopt.registry import create
 >>> create("scorer", "offline:dsg").score(generations, "two red circles")   # doctest: +SKIP
@@ -38,7 +38,7 @@ def from_name(rest: str, **kwargs: Any):
         from mmopt.scorers.dsg import DSGScorer
         from mmopt.shapesworld.video import video_dsg_questions
 
-        return DSGScorer(registry.create("vqa", "shapes:video"), questions=video_dsg_questions,
+        return DSGScorer(registry.create("vqa", "shapes-video"), questions=video_dsg_questions,
                          name="offline:dsg-video", **kwargs)
     raise ValueError(f"offline scorers are 'offline:clip', 'offline:dsg' and 'offline:dsg-video', "
                      f"got 'offline:{rest}'")

@@ -292,7 +292,7 @@ class ShapesVideoVQA:
     takes_frames = True
     config_version = 1  # bump when the tracker or the thresholds change what they answer
 
-    def __init__(self, name: str = "shapes:video") -> None:
+    def __init__(self, name: str = "shapes-video") -> None:
         self.name = name
 
     def config(self) -> dict:
@@ -330,3 +330,11 @@ class ShapesVideoVQA:
             out.append(VQAAnswer("yes" if yes else "no", 1.0 if yes else 0.0, raw=str(tr.motion)))
         return out
 
+
+def vqa_from_name(rest: str = "", **kwargs: Any) -> ShapesVideoVQA:
+    """Registry factory: ``create("vqa", "shapes-video")``."""
+    if rest not in ("", "detector"):
+        raise ValueError(f"unknown ShapesWorld video VQA {rest!r}; expected 'shapes-video'")
+    if kwargs:
+        raise TypeError(f"shapes-video VQA takes no options, got {sorted(kwargs)}")
+    return ShapesVideoVQA()

@@ -154,15 +154,10 @@ class DetectorVQA:
         return out
 
 
-def from_name(rest: str = "", **kwargs: Any) -> Any:
-    """Registry factory: ``create("vqa", "shapes")`` or ``"shapes:detector"`` (stills), and
-    ``"shapes:video"`` (clips: :class:`mmopt.shapesworld.video.ShapesVideoVQA`)."""
-    if rest not in ("", "detector", "video"):
-        raise ValueError(f"unknown ShapesWorld VQA {rest!r}; expected 'shapes', 'shapes:detector' or 'shapes:video'")
+def from_name(rest: str = "", **kwargs: Any) -> DetectorVQA:
+    """Registry factory: ``create("vqa", "shapes")`` or ``"shapes:detector"``."""
+    if rest not in ("", "detector"):
+        raise ValueError(f"unknown ShapesWorld VQA {rest!r}; expected 'shapes' or 'shapes:detector'")
     if kwargs:
         raise TypeError(f"shapes VQA takes no options, got {sorted(kwargs)}")
-    if rest == "video":
-        from .video import ShapesVideoVQA
-
-        return ShapesVideoVQA()
     return DetectorVQA()
