@@ -1,4 +1,4 @@
-"""A small self-contained HTML page of one run: images and scores per iteration.
+"""A small self-contained HTML page of one run: images (clips play as GIFs) and scores per iteration.
 
 The page lives in the run's folder (``OUT/runs/<run_id>/report.html``) and
 links the PNGs beside it by relative path, so the folder can be zipped or
@@ -15,6 +15,20 @@ from mmopt.store import Store
 
 def _fmt(x) -> str:
     return f"{x:.3f}" if isinstance(x, (int, float)) else html.escape(str(x))
+
+
+def clip_cell(store: Store, run_id: str, generation: dict, title: str) -> str:
+    """HTML of one stored clip: an animated GIF that plays in any browser (written beside the
+    frames when missing), linking the MP4 when there is one; ``title`` is escaped here."""
+    from mmopt.apps.video import ensure_exports
+
+    rel = ensure_exports(store.root, generation["paths"], generation["meta"].get("fps", 8), ("gif", "mp4"))
+    base = Path("runs") / run_id
+    src = html.escape(str(Path(rel["gif"]).relative_to(base)))
+    img = f"<img src='{src}' title='{html.escape(title)}'>"
+    if "mp4" in rel:
+        return f"<a href='{html.escape(str(Path(rel['mp4']).relative_to(base)))}'>{img}</a>"
+    return img
 
 
 def write_report(store: Store, run_id: str) -> Path:
@@ -63,7 +77,11 @@ def write_report(store: Store, run_id: str) -> Path:
         cls = " class='best'" if t.index == best.index else ""
         cells = []
         for g in gens:
-            title = html.escape(f"seed {g['seed']}: " + ", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items()))
+            raw_title = f"seed {g['seed']}: " + ", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items())
+            title = html.escape(raw_title)
+            if (len(g["paths"]) > 1 or "fps" in g["meta"]) and not g["missing"]:  # a clip: it plays
+                cells.append(clip_cell(store, run_id, g, raw_title))
+                continue
             for p in g["paths"][:1]:
                 if p in g["missing"]:  # deleted from disk: say so (a rerun of the run restores it)
                     missing_total += 1

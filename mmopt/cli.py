@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "optimize": "mmopt.commands.optimize",
     "demo": "mmopt.commands.demo",
     "runs": "mmopt.commands.runs",
+    "export": "mmopt.commands.export",
 }
 
 EXIT_BAD_INPUT = 2

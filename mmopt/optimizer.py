@@ -562,7 +562,7 @@ class Optimizer:
                 history=self.strategy.history(trials), rng=random.Random(derive_seed(self.seed, "propose", iteration)),
                 prompt_style=getattr(self.generator, "prompt_style", "sentences"),
                 max_prompt_tokens=getattr(self.generator, "max_prompt_tokens", 77), protected=run.protected,
-                pending=tuple(pending),
+                pending=tuple(pending), media_kind=getattr(self.generator, "media_kind", "image"),
             )
             try:
                 raw = list(self.proposer.propose(state, n))

@@ -33,6 +33,7 @@ KINDS = ("generator", "scorer", "llm", "proposer", "strategy", "vqa")
 BUILTINS: dict[str, dict[str, str]] = {
     "generator": {
         "diffusers": "mmopt.pipelines.diffusers_t2i:from_name",
+        "diffusers-video": "mmopt.pipelines.diffusers_video:from_name",
         "offline": "mmopt.pipelines.offline:t2i_from_name",
     },
     "scorer": {
@@ -47,11 +48,16 @@ BUILTINS: dict[str, dict[str, str]] = {
         "hps": "mmopt.scorers.preference:hps_from_name",
         "imagereward": "mmopt.scorers.preference:imagereward_from_name",
         "offline": "mmopt.scorers.offline:from_name",
+        "frames": "mmopt.scorers.video:frames_from_name",
+        "temporal": "mmopt.scorers.video:temporal_from_name",
+        "motion": "mmopt.scorers.video:motion_from_name",
     },
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
         "hf-vlm": "mmopt.scorers.vqa:hf_vlm_from_name",
+        "hf-video": "mmopt.scorers.vqa:hf_video_from_name",
         "shapes": "mmopt.shapesworld.vqa:from_name",
+        "shapes-video": "mmopt.shapesworld.video:vqa_from_name",
     },
     "llm": {
         "gguf": "mmopt.llm.gguf:from_name",

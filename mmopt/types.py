@@ -317,6 +317,8 @@ class SearchState:
     ``trials`` is every trial so far in the order they were evaluated;
     ``pending`` the candidates being rendered while this proposal is made
     (``Optimizer(lookahead=True)``): already tried, scores not known yet.
+    ``media_kind`` is what the generator renders (its ``media_kind``: ``"image"`` or
+    ``"video"``), so a rewriter can write for it.
     """
 
     intent: str
@@ -328,6 +330,7 @@ class SearchState:
     max_prompt_tokens: int = 77
     protected: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
+    media_kind: str = "image"
 
     @property
     def best(self) -> Trial | None:

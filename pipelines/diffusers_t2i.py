@@ -29,6 +29,7 @@ import re
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,22 +65,24 @@ _PIPELINES_LOCK = threading.Lock()
 # --------------------------------------------------------------------------- presets
 
 
-def load_presets() -> dict:
-    """The preset table ``mmopt/assets/models.json``: ``{"families": {...}, "models": {...}}``."""
-    path = resources.files("mmopt.assets") / "models.json"
+def load_presets(table: str = "models.json") -> dict:
+    """A preset table of ``mmopt/assets`` (``models.json`` for images, ``video_models.json``
+    for video): ``{"families": {...}, "models": {...}}``."""
+    path = resources.files("mmopt.assets") / table
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def resolve_preset(model: str, pipeline_class: str | None, local_preset: dict | None = None,
-                   overrides: dict | None = None) -> dict:
+                   overrides: dict | None = None, table: str = "models.json") -> dict:
     """Merge the preset layers: family defaults < hub-id entry < local file < ``overrides``.
 
-    ``None`` values in ``overrides`` mean "not given" and are skipped.
+    ``None`` values in ``overrides`` mean "not given" and are skipped; ``table`` is the
+    preset file of ``mmopt/assets``.
 
     >>> resolve_preset("stabilityai/sd-turbo", "StableDiffusionPipeline")["steps"]
     1
     """
-    table = load_presets()
+    table = load_presets(table)
     entry = {k.lower(): v for k, v in table["models"].items()}.get(model.strip().lower(), {})
     cls = pipeline_class or entry.get("pipeline_class")
     preset = dict(table["families"].get(cls, table["families"]["default"]))
@@ -88,6 +91,22 @@ def resolve_preset(model: str, pipeline_class: str | None, local_preset: dict | 
     preset.update({k: v for k, v in (overrides or {}).items() if v is not None})
     preset["call_kwargs"] = dict(preset.get("call_kwargs") or {})
     return preset
+
+
+VIDEO_PRESETS = "video_models.json"  # the video generator's table (mmopt.pipelines.diffusers_video)
+# Classes whose name says video: refused by the image generator; the video generator takes them
+# with the default video preset when its table does not know them yet.
+_VIDEO_NAME = re.compile(r"(Video|AnimateDiff|CogVideoX|Wan|Mochi|Allegro|Latte|TextToVideo)", re.I)
+
+
+def is_video_pipeline(pipeline_class: str) -> bool:
+    """Whether ``pipeline_class`` (``model_index.json``'s ``_class_name``) renders video.
+
+    >>> is_video_pipeline("CogVideoXPipeline"), is_video_pipeline("StableDiffusionPipeline")
+    (True, False)
+    """
+    families = load_presets(VIDEO_PRESETS)["families"]
+    return pipeline_class in families and pipeline_class != "default" or bool(_VIDEO_NAME.search(pipeline_class or ""))
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -100,25 +119,78 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+@dataclass(frozen=True)
+class LocatedPipeline:
+    """Where a pipeline's files are and what names its weights (see :func:`locate_pipeline`)."""
+
+    index: dict               # model_index.json
+    local_preset: dict | None  # mmopt_preset.json of a local folder
+    source: str               # what from_pretrained gets: a resolved folder or the hub id
+    local_files_only: bool
+    model_id: str
+    local: bool
+    revision: str             # a local folder's content fingerprint, else the hub revision
+
+
+def locate_pipeline(model: str, *, revision: str | None = None, timeout: float = 10.0) -> LocatedPipeline:
+    """Find a diffusers pipeline: a local ``save_pretrained`` folder (named by its content) or
+    a hub repo that can be reached (fails fast with ModelLoadError otherwise).
+    Image and video generators load through it alike.
+    """
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir() or not (local / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{model!r} is not a diffusers pipeline directory: it has no model_index.json "
+                f"(expected the output of Pipeline.save_pretrained)"
+            )
+        index = _read_json(local / "model_index.json", "pipeline index")
+        local_preset = _read_json(local / PRESET_FILE, "preset") if (local / PRESET_FILE).is_file() else None
+        source = str(local.resolve())
+        return LocatedPipeline(index, local_preset, source, True, source, True, dir_fingerprint(local))
+    check = check_hub_repo(model, what="diffusers pipeline", revision=revision,
+                           probe_file="model_index.json", timeout=timeout)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        index_path = hf_hub_download(model, "model_index.json", revision=revision,
+                                     local_files_only=check.local_files_only)
+    except Exception as e:
+        raise ModelLoadError(
+            f"{model!r} has no model_index.json on the hub: it is not a diffusers pipeline ({e})"
+        ) from e
+    index = _read_json(Path(index_path), "pipeline index")
+    return LocatedPipeline(index, None, model, check.local_files_only, model, False,
+                           check.revision or revision or "main")
+
+
 # --------------------------------------------------------------------------- loading
 
 
 def _load_pipeline(source: str, *, pipeline_class: str, revision: str | None, variant: str | None,
-                   dtype, device: str, local_files_only: bool, cache_id: tuple, offload: str = "auto"):
-    """Load (or reuse) a pipeline; ``source`` is a hub id or a local directory."""
+                   dtype, device: str, local_files_only: bool, cache_id: tuple, offload: str = "auto",
+                   auto: bool = True, components: dict | None = None):
+    """Load (or reuse) a pipeline; ``source`` is a hub id or a local directory.
+
+    ``auto``: try ``AutoPipelineForText2Image`` first (image pipelines); otherwise the
+    class ``pipeline_class`` is used directly (video pipelines). ``components``: loaded
+    modules to put in (an AnimateDiff motion adapter over an SD base).
+    """
     with _PIPELINES_LOCK:
         if cache_id in _PIPELINES:
             return _PIPELINES[cache_id]
     import diffusers
     from diffusers import AutoPipelineForText2Image
 
-    kwargs = {_DTYPE_KWARG: dtype, "local_files_only": local_files_only}
+    kwargs = {_DTYPE_KWARG: dtype, "local_files_only": local_files_only, **(components or {})}
     if revision:
         kwargs["revision"] = revision
     if variant:
         kwargs["variant"] = variant
     # 1. the auto class knows every text-to-image family diffusers ships
     try:
+        if not auto:
+            raise ValueError("no auto class for this kind of pipeline")
         pipe = AutoPipelineForText2Image.from_pretrained(source, **kwargs)
     except (ValueError, KeyError) as auto_error:
         # 2. a pipeline the auto class has no mapping for: use the class the
@@ -135,7 +207,11 @@ def _load_pipeline(source: str, *, pipeline_class: str, revision: str | None, va
             raise ModelLoadError(f"cannot load diffusers pipeline {source!r} as {pipeline_class}: {e}") from e
     except Exception as e:
         raise ModelLoadError(f"cannot load diffusers pipeline {source!r}: {type(e).__name__}: {e}") from e
-    fast.plan_memory(pipe, device, offload)  # resident if it fits, CPU offload (with a warning) if not
+    if offload == "sequential" and device.startswith("cuda"):  # the least memory, the slowest: one submodule at a time
+        pipe.enable_sequential_cpu_offload(device=device)
+        pipe._mmopt_memory = "offload"
+    else:
+        fast.plan_memory(pipe, device, offload)  # resident if it fits, CPU offload (with a warning) if not
     pipe.set_progress_bar_config(disable=True)
     with _PIPELINES_LOCK:
         return _PIPELINES.setdefault(cache_id, pipe)
@@ -163,111 +239,39 @@ def _is_oom(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-# --------------------------------------------------------------------------- generator
+def check_generator_args(model: Any, *, max_batch: Any, guidance: Any, prompt_style: Any, call_kwargs: Any,
+                         negative_prompt: Any, ints: dict) -> None:
+    """The argument checks every pipeline generator shares (``ints``: name -> positive int or None)."""
+    if not isinstance(model, (str, Path)) or not str(model).strip():
+        raise ValueError(f"model must be a hub id or a local directory, got {model!r}")
+    if max_batch != "auto" and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be a positive int or 'auto', got {max_batch!r}")
+    for key, val in ints.items():
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise ValueError(f"{key} must be a positive int or None, got {val!r}")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or guidance < 0):
+        raise ValueError(f"guidance must be a non-negative number or None, got {guidance!r}")
+    if prompt_style is not None and prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+    if call_kwargs is not None and not isinstance(call_kwargs, dict):
+        raise TypeError(f"call_kwargs must be a dict, got {type(call_kwargs).__name__}")
+    if negative_prompt is not _UNSET and negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
 
 
-class DiffusersGenerator:
-    """A :class:`~mmopt.types.Generator` backed by a diffusers text-to-image pipeline.
+class PipelineGenerator:
+    """What the image and the video generator share: the preset's prompt settings, the
+    token window (count, truncate, warn), input checks, per-sample seeded noise, and the
+    filtering of call arguments a pipeline does not take.
 
-    Args:
-        model: hub id (``"stabilityai/sd-turbo"``) or path of a local pipeline directory.
-        revision: hub branch, tag or commit (default: the main branch).
-        device, dtype: override the automatic choice (``"cuda"``, ``"fp16"``, ...).
-        max_batch: at most this many images per pipeline call (halved on CUDA OOM), or
-            ``"auto"``: start at ``AUTO_BATCH`` on cuda (4 elsewhere) and keep the largest
-            size that ran, halving on OOM.
-        channels_last, fuse_qkv, compile, static_batch, decoder, tiny_decoder, attention,
-        offload: GPU fast paths (see :mod:`mmopt.pipelines.fast`); ``None`` = preset, then
-            the device default.
-        steps, guidance, height, width, negative_prompt, prompt_style,
-        max_prompt_tokens, call_kwargs: override the preset (``negative_prompt=None``
-            removes the preset's negative prompt).
-        variant: weights variant on the hub (``"fp16"``).
-        timeout: seconds to wait for the hub before failing with ModelLoadError.
-
-    Attributes the loop reads: ``name`` (``"diffusers:<model>"``), ``prompt_style``
-    (``"tags"`` or ``"sentences"``), ``max_prompt_tokens`` (the text encoder's window,
-    special tokens included), ``preset`` (the merged preset).
-
-    >>> gen = DiffusersGenerator("/tmp/mmopt-tiny/sd")                  # doctest: +SKIP
-    >>> gen.generate(["a red cube"], [0])[0].meta["steps"]                 # doctest: +SKIP
-    2
+    A subclass sets ``preset`` (with :meth:`_set_preset`), ``device``, ``model_id``,
+    ``pipeline_class``, ``_tokenizer`` and ``_call_params``, and defines ``generate_chunks``.
     """
 
-    def __init__(self, model: str, *, revision: str | None = None, device: str | None = None,
-                 dtype: Any = None, max_batch: int = 4, steps: int | None = None,
-                 guidance: float | None = None, height: int | None = None, width: int | None = None,
-                 negative_prompt: Any = _UNSET, prompt_style: str | None = None,
-                 max_prompt_tokens: int | None = None, call_kwargs: dict | None = None,
-                 variant: str | None = None, timeout: float = 10.0, channels_last: bool | None = None,
-                 fuse_qkv: bool | None = None, compile: str | bool | None = None,
-                 static_batch: bool | None = None, decoder: str | None = None,
-                 tiny_decoder: str | None = None, attention: str | None = None, offload: str | None = None):
-        # 1. check arguments
-        if not isinstance(model, (str, Path)) or not str(model).strip():
-            raise ValueError(f"model must be a hub id or a local directory, got {model!r}")
-        if max_batch != "auto" and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive int or 'auto', got {max_batch!r}")
-        for key, val in (("steps", steps), ("height", height), ("width", width),
-                         ("max_prompt_tokens", max_prompt_tokens)):
-            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
-                raise ValueError(f"{key} must be a positive int or None, got {val!r}")
-        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                                     or guidance < 0):
-            raise ValueError(f"guidance must be a non-negative number or None, got {guidance!r}")
-        if prompt_style is not None and prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
-        if call_kwargs is not None and not isinstance(call_kwargs, dict):
-            raise TypeError(f"call_kwargs must be a dict, got {type(call_kwargs).__name__}")
-        if negative_prompt is not _UNSET and negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
-        model = str(model).strip()
-        self.name = f"diffusers:{model}"
-        self.max_batch = max_batch
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
-        if max_batch == "auto":
-            max_batch = AUTO_BATCH if self.device.startswith("cuda") else 4
-        self.max_batch = max_batch
-
-        # 2. find the pipeline: a local folder, or a hub repo we can reach
-        local = Path(model).expanduser()
-        if local.exists():
-            if not local.is_dir() or not (local / "model_index.json").is_file():
-                raise ModelLoadError(
-                    f"{model!r} is not a diffusers pipeline directory: it has no model_index.json "
-                    f"(expected the output of Pipeline.save_pretrained)"
-                )
-            index = _read_json(local / "model_index.json", "pipeline index")
-            local_preset = _read_json(local / PRESET_FILE, "preset") if (local / PRESET_FILE).is_file() else None
-            source, local_files_only = str(local.resolve()), True
-            self.model_id = source
-            self.local = True
-            self.revision = dir_fingerprint(local)
-        else:
-            check = check_hub_repo(model, what="diffusers pipeline", revision=revision,
-                                   probe_file="model_index.json", timeout=timeout)
-            from huggingface_hub import hf_hub_download
-
-            try:
-                index_path = hf_hub_download(model, "model_index.json", revision=revision,
-                                             local_files_only=check.local_files_only)
-            except Exception as e:
-                raise ModelLoadError(
-                    f"{model!r} has no model_index.json on the hub: it is not a diffusers pipeline ({e})"
-                ) from e
-            index = _read_json(Path(index_path), "pipeline index")
-            local_preset = None
-            source, local_files_only = model, check.local_files_only
-            self.model_id = model
-            self.local = False
-            self.revision = check.revision or revision or "main"
-        self.pipeline_class = str(index.get("_class_name", ""))
-
-        # 3. preset: data first, keyword arguments last
-        overrides = {"steps": steps, "guidance": guidance, "height": height, "width": width,
-                     "prompt_style": prompt_style, "max_prompt_tokens": max_prompt_tokens}
-        self.preset = resolve_preset(model, self.pipeline_class, local_preset, overrides)
+    def _set_preset(self, preset: dict, negative_prompt: Any, call_kwargs: dict | None) -> None:
+        """Adopt a resolved preset; ``negative_prompt`` (unless unset) and ``call_kwargs`` win."""
+        self.preset = preset
         if negative_prompt is not _UNSET:
             self.preset["negative_prompt"] = negative_prompt
         if call_kwargs:
@@ -276,27 +280,6 @@ class DiffusersGenerator:
             raise ValueError(f"preset prompt_style must be one of {PROMPT_STYLES}, got {self.preset['prompt_style']!r}")
         self.prompt_style = self.preset["prompt_style"]
         self.max_prompt_tokens = int(self.preset["max_prompt_tokens"])
-
-        # 4. load once per process (one object per set of switches that change the pipeline)
-        self.fast = fast.resolve_fast_options(
-            self.preset, {"channels_last": channels_last, "fuse_qkv": fuse_qkv, "compile": compile,
-                          "static_batch": static_batch, "decoder": decoder, "tiny_decoder": tiny_decoder,
-                          "attention": attention, "offload": offload},
-            self.device, self.pipeline_class)
-        cache_id = (self.model_id, self.revision, variant, dtype_name(self.dtype), self.device,
-                    fast.pipeline_id_options(self.fast))
-        self.pipe = _load_pipeline(source, pipeline_class=self.pipeline_class, revision=revision,
-                                   variant=variant, dtype=self.dtype, device=self.device,
-                                   local_files_only=local_files_only, cache_id=cache_id,
-                                   offload=self.fast["offload"])
-        fast.apply_fast_paths(self.pipe, self.fast)
-        self._timeout = timeout
-        self.variant = variant
-        self._call_params = inspect.signature(self.pipe.__call__).parameters
-        self._tokenizer = getattr(self.pipe, self.preset.get("tokenizer") or "tokenizer", None) \
-            or getattr(self.pipe, "tokenizer", None)
-        self._batch = max_batch  # shrinks after a CUDA OOM
-        self._call_lock = _pipeline_lock(cache_id)
 
     # ------------------------------------------------------------------ tokens
 
@@ -346,8 +329,6 @@ class DiffusersGenerator:
             cut = prompt[:lo]
         return cut.rstrip(" \t\n,;:")
 
-    # ------------------------------------------------------------------ generate
-
     def _check_inputs(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> tuple[list[Candidate], list[int]]:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(f"prompts must be a sequence of prompts (strings or Candidates), got {type(prompts).__name__}")
@@ -376,16 +357,169 @@ class DiffusersGenerator:
         """The negative prompt ``candidate`` renders with: its own, else the preset's."""
         return candidate.negative if candidate.negative is not None else self.preset.get("negative_prompt")
 
+    def _measure(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts``, with a warning for each that overflows the window."""
+        n_tokens = [self.count_tokens(t) for t in texts]
+        for text, n in zip(texts, n_tokens):
+            if n > self.max_prompt_tokens:
+                warnings.warn(
+                    f"prompt has {n} tokens, over the {self.max_prompt_tokens}-token window of "
+                    f"{self.model_id}; the last {n - self.max_prompt_tokens} are dropped: {text[:60]!r}...",
+                    stacklevel=3,
+                )
+        return n_tokens
+
+    def _generators(self, seeds: Sequence[int]) -> list:
+        """One seeded ``torch.Generator`` per sample, so a sample depends only on its own seed."""
+        # mps generators are not reliably reproducible: draw the noise on the cpu there
+        gen_device = "cpu" if self.device.startswith("mps") else self.device
+        return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
+
+    def _only_accepted(self, args: dict) -> dict:
+        """``args`` without the keys the pipeline's ``__call__`` does not take (with a warning)."""
+        takes_any = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in self._call_params.values())
+        if takes_any:
+            return args
+        dropped = sorted(k for k in args if k not in self._call_params)
+        if dropped:
+            warnings.warn(f"{self.pipeline_class} takes no {dropped}; ignoring them", stacklevel=4)
+        return {k: v for k, v in args.items() if k in self._call_params}
+
+    def _pipeline_record(self) -> dict:
+        """The part of ``config()`` every pipeline generator shares: the weights (a local folder
+        by its content, not where it lies), the pipeline and scheduler, precision, sampling."""
+        import diffusers
+
+        p = self.preset
+        return {
+            "model": "local" if self.local else self.model_id,
+            "revision": self.revision,
+            "variant": self.variant,
+            "pipeline": self.pipeline_class,
+            "scheduler": type(self.pipe.scheduler).__name__ if hasattr(self.pipe, "scheduler") else None,
+            "dtype": dtype_name(self.dtype),
+            "device": self.device.split(":")[0],
+            "steps": int(p["steps"]),
+            "guidance": float(p["guidance"]),
+            "negative_prompt": p.get("negative_prompt"),
+            "call_kwargs": p["call_kwargs"],
+            "diffusers": diffusers.__version__,
+        }
+
+    def generate(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> list[Generation]:
+        """Render ``prompts[i]`` (a prompt or a Candidate, whose negative prompt wins over the
+        preset's) with ``seeds[i]`` for every i; one Generation each, in order.
+
+        Pairs are rendered in chunks of at most ``max_batch`` samples. A prompt
+        over the token budget is rendered as the pipeline truncates it; a
+        warning is issued and ``meta["truncated_tokens"]`` records how many
+        tokens were dropped.
+
+        >>> gens = gen.generate(["a red cube", "a blue ball"], [0, 0])      # doctest: +SKIP
+        >>> gens[0].meta["model"], gens[0].media.size                        # doctest: +SKIP
+        ('stabilityai/sd-turbo', (512, 512))
+        """
+        return [g for chunk in self.generate_chunks(prompts, seeds) for g in chunk]
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class DiffusersGenerator(PipelineGenerator):
+    """A :class:`~mmopt.types.Generator` backed by a diffusers text-to-image pipeline.
+
+    Args:
+        model: hub id (``"stabilityai/sd-turbo"``) or path of a local pipeline directory.
+        revision: hub branch, tag or commit (default: the main branch).
+        device, dtype: override the automatic choice (``"cuda"``, ``"fp16"``, ...).
+        max_batch: at most this many images per pipeline call (halved on CUDA OOM), or
+            ``"auto"``: start at ``AUTO_BATCH`` on cuda (4 elsewhere) and keep the largest
+            size that ran, halving on OOM.
+        channels_last, fuse_qkv, compile, static_batch, decoder, tiny_decoder, attention,
+        offload: GPU fast paths (see :mod:`mmopt.pipelines.fast`); ``None`` = preset, then
+            the device default.
+        steps, guidance, height, width, negative_prompt, prompt_style,
+        max_prompt_tokens, call_kwargs: override the preset (``negative_prompt=None``
+            removes the preset's negative prompt).
+        variant: weights variant on the hub (``"fp16"``).
+        timeout: seconds to wait for the hub before failing with ModelLoadError.
+
+    Attributes the loop reads: ``name`` (``"diffusers:<model>"``), ``prompt_style``
+    (``"tags"`` or ``"sentences"``), ``max_prompt_tokens`` (the text encoder's window,
+    special tokens included), ``preset`` (the merged preset).
+
+    >>> gen = DiffusersGenerator("/tmp/mmopt-tiny/sd")                  # doctest: +SKIP
+    >>> gen.generate(["a red cube"], [0])[0].meta["steps"]                 # doctest: +SKIP
+    2
+    """
+
+    def __init__(self, model: str, *, revision: str | None = None, device: str | None = None,
+                 dtype: Any = None, max_batch: int = 4, steps: int | None = None,
+                 guidance: float | None = None, height: int | None = None, width: int | None = None,
+                 negative_prompt: Any = _UNSET, prompt_style: str | None = None,
+                 max_prompt_tokens: int | None = None, call_kwargs: dict | None = None,
+                 variant: str | None = None, timeout: float = 10.0, channels_last: bool | None = None,
+                 fuse_qkv: bool | None = None, compile: str | bool | None = None,
+                 static_batch: bool | None = None, decoder: str | None = None,
+                 tiny_decoder: str | None = None, attention: str | None = None, offload: str | None = None):
+        # 1. check arguments
+        check_generator_args(model, max_batch=max_batch, guidance=guidance, prompt_style=prompt_style,
+                             call_kwargs=call_kwargs, negative_prompt=negative_prompt,
+                             ints={"steps": steps, "height": height, "width": width,
+                                   "max_prompt_tokens": max_prompt_tokens})
+        model = str(model).strip()
+        self.name = f"diffusers:{model}"
+        self.max_batch = max_batch
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        if max_batch == "auto":
+            max_batch = AUTO_BATCH if self.device.startswith("cuda") else 4
+        self.max_batch = max_batch
+
+        # 2. find the pipeline: a local folder, or a hub repo we can reach
+        found = locate_pipeline(model, revision=revision, timeout=timeout)
+        index, local_preset, source, local_files_only = found.index, found.local_preset, found.source, found.local_files_only
+        self.model_id, self.local, self.revision = found.model_id, found.local, found.revision
+        self.pipeline_class = str(index.get("_class_name", ""))
+        if is_video_pipeline(self.pipeline_class):
+            raise ValueError(f"{model!r} is a text-to-video pipeline ({self.pipeline_class}); load it with "
+                             f"the video generator: 'diffusers-video:{model}'")
+
+        # 3. preset: data first, keyword arguments last
+        overrides = {"steps": steps, "guidance": guidance, "height": height, "width": width,
+                     "prompt_style": prompt_style, "max_prompt_tokens": max_prompt_tokens}
+        self._set_preset(resolve_preset(model, self.pipeline_class, local_preset, overrides),
+                         negative_prompt, call_kwargs)
+
+        # 4. load once per process (one object per set of switches that change the pipeline)
+        self.fast = fast.resolve_fast_options(
+            self.preset, {"channels_last": channels_last, "fuse_qkv": fuse_qkv, "compile": compile,
+                          "static_batch": static_batch, "decoder": decoder, "tiny_decoder": tiny_decoder,
+                          "attention": attention, "offload": offload},
+            self.device, self.pipeline_class)
+        cache_id = (self.model_id, self.revision, variant, dtype_name(self.dtype), self.device,
+                    fast.pipeline_id_options(self.fast))
+        self.pipe = _load_pipeline(source, pipeline_class=self.pipeline_class, revision=revision,
+                                   variant=variant, dtype=self.dtype, device=self.device,
+                                   local_files_only=local_files_only, cache_id=cache_id,
+                                   offload=self.fast["offload"])
+        fast.apply_fast_paths(self.pipe, self.fast)
+        self._timeout = timeout
+        self.variant = variant
+        self._call_params = inspect.signature(self.pipe.__call__).parameters
+        self._tokenizer = getattr(self.pipe, self.preset.get("tokenizer") or "tokenizer", None) \
+            or getattr(self.pipe, "tokenizer", None)
+        self._batch = max_batch  # shrinks after a CUDA OOM
+        self._call_lock = _pipeline_lock(cache_id)
+
     def _call_args(self, cands: list[Candidate], seeds: list[int]) -> dict:
         """Pipeline arguments for one chunk; each image gets its own seeded generator."""
         p = self.preset
-        # mps generators are not reliably reproducible: draw the noise on the cpu there
-        gen_device = "cpu" if self.device.startswith("mps") else self.device
         args = {
             "prompt": [c.text for c in cands],
             "num_inference_steps": int(p["steps"]),
             "guidance_scale": float(p["guidance"]),
-            "generator": [torch.Generator(device=gen_device).manual_seed(s) for s in seeds],
+            "generator": self._generators(seeds),
             "output_type": "pil",
         }
         if p.get("height"):
@@ -397,28 +531,7 @@ class DiffusersGenerator:
             # "" encodes exactly like no negative prompt (the unconditional branch is the empty prompt)
             args["negative_prompt"] = [neg or "" for neg in negatives]
         args.update(p["call_kwargs"])
-        takes_any = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in self._call_params.values())
-        if not takes_any:
-            dropped = sorted(k for k in args if k not in self._call_params)
-            if dropped:
-                warnings.warn(f"{self.pipeline_class} takes no {dropped}; ignoring them", stacklevel=3)
-            args = {k: v for k, v in args.items() if k in self._call_params}
-        return args
-
-    def generate(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]) -> list[Generation]:
-        """Render ``prompts[i]`` (a prompt or a Candidate, whose negative prompt wins over the
-        preset's) with ``seeds[i]`` for every i; one Generation each, in order.
-
-        Pairs are rendered in chunks of at most ``max_batch`` images. A prompt
-        over the token budget is rendered as the pipeline truncates it; a
-        warning is issued and ``meta["truncated_tokens"]`` records how many
-        tokens were dropped.
-
-        >>> gens = gen.generate(["a red cube", "a blue ball"], [0, 0])      # doctest: +SKIP
-        >>> gens[0].meta["model"], gens[0].media.size                        # doctest: +SKIP
-        ('stabilityai/sd-turbo', (512, 512))
-        """
-        return [g for chunk in self.generate_chunks(prompts, seeds) for g in chunk]
+        return self._only_accepted(args)
 
     def generate_chunks(self, prompts: Sequence[Candidate | str], seeds: Sequence[int]):
         """Like :meth:`generate`, but yields the Generations chunk by chunk as they are rendered.
@@ -435,14 +548,7 @@ class DiffusersGenerator:
             return
 
         # 2. measure prompts against the encoder's window
-        n_tokens = [self.count_tokens(p.text) for p in prompts]
-        for p, n in zip(prompts, n_tokens):
-            if n > self.max_prompt_tokens:
-                warnings.warn(
-                    f"prompt has {n} tokens, over the {self.max_prompt_tokens}-token window of "
-                    f"{self.model_id}; the last {n - self.max_prompt_tokens} are dropped: {p.text[:60]!r}...",
-                    stacklevel=2,
-                )
+        n_tokens = self._measure([p.text for p in prompts])
 
         # 3. render in chunks; on CUDA OOM halve the chunk and retry
         tiny = self.fast["decoder"] == "tiny"
@@ -548,26 +654,12 @@ class DiffusersGenerator:
         >>> sorted(gen.config())                                             # doctest: +SKIP
         ['call_kwargs', 'component', 'device', 'diffusers', 'dtype', 'guidance', ...]
         """
-        import diffusers
-
         p = self.preset
         return {
             "component": "mmopt.pipelines.diffusers_t2i.DiffusersGenerator",
-            # a local folder is named by its content (self.revision), not by where it lies
-            "model": "local" if self.local else self.model_id,
-            "revision": self.revision,
-            "variant": self.variant,
-            "pipeline": self.pipeline_class,
-            "scheduler": type(self.pipe.scheduler).__name__ if hasattr(self.pipe, "scheduler") else None,
-            "dtype": dtype_name(self.dtype),
-            "device": self.device.split(":")[0],
-            "steps": int(p["steps"]),
-            "guidance": float(p["guidance"]),
+            **self._pipeline_record(),
             "height": p.get("height"),
             "width": p.get("width"),
-            "negative_prompt": p.get("negative_prompt"),
-            "call_kwargs": p["call_kwargs"],
-            "diffusers": diffusers.__version__,
             # only a tiny decoder changes the images; the other fast paths are the same
             # function (other rounding), like the batch size
             **({"decoder": "tiny", "tiny_decoder": str(self.fast["tiny_decoder"])}
@@ -579,15 +671,21 @@ class DiffusersGenerator:
                 f"dtype={dtype_name(self.dtype)}, steps={self.preset['steps']})")
 
 
+def name_and_revision(rest: str, kwargs: dict, prefix: str = "diffusers") -> str:
+    """The model of ``"<prefix>:<hub id or path>[@revision]"`` (``rest`` is after the prefix);
+    a revision after ``@`` goes into ``kwargs``."""
+    rest = (rest or "").strip()
+    if not rest:
+        raise ValueError(f"expected '{prefix}:<hub id or local directory>', got no model after '{prefix}:'")
+    if "@" in rest and not Path(rest).expanduser().exists() and "revision" not in kwargs:
+        rest, _, kwargs["revision"] = rest.rpartition("@")
+    return rest
+
+
 def from_name(rest: str, **kwargs: Any) -> DiffusersGenerator:
     """Registry factory for ``"diffusers:<hub id or path>[@revision]"``.
 
     >>> from mmopt.registry import create
     >>> create("generator", "diffusers:stabilityai/sd-turbo", max_batch=8)  # doctest: +SKIP
     """
-    rest = (rest or "").strip()
-    if not rest:
-        raise ValueError("expected 'diffusers:<hub id or local directory>', got no model after 'diffusers:'")
-    if "@" in rest and not Path(rest).expanduser().exists() and "revision" not in kwargs:
-        rest, _, kwargs["revision"] = rest.rpartition("@")
-    return DiffusersGenerator(rest, **kwargs)
+    return DiffusersGenerator(name_and_revision(rest, kwargs), **kwargs)

@@ -27,7 +27,9 @@ switch              default                      what it does
 ``offload``         "auto"                       "auto": move to the GPU what fits, and enable
                                                  model CPU offload only when the whole pipeline
                                                  does not fit (with a warning saying so); "none";
-                                                 "model" (always offload)
+                                                 "model" (always offload); "sequential"
+                                                 (one submodule at a time: least memory,
+                                                 slowest; for long video clips)
 ==================  ===========================  ==================================================
 
 Precision (bf16/fp16/fp32) is the generator's ``dtype`` argument (cuda:
@@ -46,7 +48,7 @@ from mmopt.device import check_compile_mode, compile_in_place
 
 DECODERS = ("full", "tiny")
 ATTENTION = ("sdpa", "eager")
-OFFLOAD = ("auto", "none", "model")
+OFFLOAD = ("auto", "none", "model", "sequential")
 FAST_FIELDS = ("channels_last", "fuse_qkv", "compile", "static_batch", "decoder", "tiny_decoder",
                "attention", "offload")
 

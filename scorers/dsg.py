@@ -467,13 +467,18 @@ def _check_questions(qs: Any, source: str) -> list[DSGQuestion]:
     return qs
 
 
-def _frame(media: Any) -> Any:
-    """The image to ask about: the image itself, or the middle frame of a video."""
+def _frame(media: Any, frames: int | None = None) -> Any:
+    """What to ask about: the image itself, or of a video its middle frame, or (``frames``
+    given: a VQA that takes frame sets) that many frames sampled uniformly."""
     if isinstance(media, (list, tuple)):
         if not media:
             raise ValueError("a generation's media is an empty frame list")
+        if frames:
+            from .video import sample_indices
+
+            return [media[j] for j in sample_indices(len(media), frames)]
         return media[len(media) // 2]
-    return media
+    return [media] if frames else media
 
 
 class DSGScorer:
@@ -485,6 +490,9 @@ class DSGScorer:
     DSG-1k loaded with :func:`load_dsg_csv`, keyed by prompt text), or
     ``None`` with ``llm`` given (a :class:`DSGQuestionGenerator` is built).
     All images x all questions go to ONE ``vqa.answer`` call per ``score``.
+    A VQA model with ``takes_frames = True`` (``shapes-video``, ``hf-video:...``)
+    is asked about ``frames`` frames sampled uniformly from each clip (questions about
+    actions and motion need several); any other sees a clip's middle frame.
 
     ``Score.value`` is the DSG score with dependencies; ``details`` holds
     ``questions`` (id, question, tuple, answer, p_yes, score, ...),
@@ -500,7 +508,7 @@ class DSGScorer:
     config_version = 1  # bump when dsg_aggregate or the feedback changes
 
     def __init__(self, vqa: Any, *, questions: QuestionSource | Mapping[str, Sequence[DSGQuestion]] | None = None,
-                 llm: Any = None, name: str | None = None, cache: Cache | None = None):
+                 llm: Any = None, name: str | None = None, cache: Cache | None = None, frames: int = 8):
         if not callable(getattr(vqa, "answer", None)):
             raise TypeError(f"vqa must implement mmopt.types.VQAModel (.answer), got {type(vqa).__name__}")
         if questions is None and llm is None:
@@ -508,7 +516,10 @@ class DSGScorer:
         if questions is not None and not (callable(questions) or isinstance(questions, Mapping)):
             raise TypeError(
                 f"questions must be a callable prompt -> list[DSGQuestion] or a mapping, got {type(questions).__name__}")
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"frames must be an int >= 1, got {frames!r}")
         self.vqa = vqa
+        self.frames = frames if getattr(vqa, "takes_frames", False) else None
         self.source = questions if questions is not None else DSGQuestionGenerator(llm, cache=cache)
         self.name = name or f"dsg:{getattr(vqa, 'name', type(vqa).__name__)}"
         self._memo: dict[str, tuple[list[DSGQuestion], bool]] = {}
@@ -517,8 +528,9 @@ class DSGScorer:
         source = self.source
         if isinstance(source, Mapping):  # an in-memory bank: identified by its content
             source = {k: [vars(q) for q in v] for k, v in sorted(source.items())}
+        frames = {"frames": self.frames} if self.frames else {}  # frame-set VQAs only: other identities stay
         return {"component": "mmopt.scorers.dsg.DSGScorer", "version": self.config_version,
-                "vqa": self.vqa, "questions": source}
+                "vqa": self.vqa, "questions": source, **frames}
 
     def questions_for(self, intent: str) -> tuple[list[DSGQuestion], bool]:
         """(questions, fallback) for ``intent``; memoised per scorer."""
@@ -547,7 +559,7 @@ class DSGScorer:
         # 2. questions for the intent (never for the candidate prompt)
         questions, fallback = self.questions_for(intent)
         # 3. one batched VQA call over all images x all questions
-        images = [_frame(g.media) for g in generations for _ in questions]
+        images = [_frame(g.media, self.frames) for g in generations for _ in questions]
         texts = [q.question for _ in generations for q in questions]
         answers = list(self.vqa.answer(images, texts))
         if len(answers) != len(texts):

@@ -5,6 +5,9 @@
 * ``"offline:dsg"``: DSG whose questions come from the ShapesWorld caption parser
   (no LLM needed) and whose answers come from the detector VQA (``"vqa:shapes"``);
   every question about a ShapesWorld caption is answered exactly on renders.
+* ``"offline:dsg-video"``: DSG on ShapesWorld clips: questions about the object and its
+  motion from the video caption parser, answered on sampled frames by the detector's
+  tracker (``"vqa:shapes-video"``).
 
 >>> from mmopt.registry import create
 >>> create("scorer", "offline:dsg").score(generations, "two red circles")   # doctest: +SKIP
@@ -30,4 +33,12 @@ def from_name(rest: str, **kwargs: Any):
 
         return DSGScorer(registry.create("vqa", "shapes"), questions=dsg_questions,
                          name="offline:dsg", **kwargs)
-    raise ValueError(f"offline scorers are 'offline:clip' and 'offline:dsg', got 'offline:{rest}'")
+    if rest == "dsg-video":
+        from mmopt import registry
+        from mmopt.scorers.dsg import DSGScorer
+        from mmopt.shapesworld.video import video_dsg_questions
+
+        return DSGScorer(registry.create("vqa", "shapes-video"), questions=video_dsg_questions,
+                         name="offline:dsg-video", **kwargs)
+    raise ValueError(f"offline scorers are 'offline:clip', 'offline:dsg' and 'offline:dsg-video', "
+                     f"got 'offline:{rest}'")

@@ -33,7 +33,7 @@ from mmopt.errors import ModelLoadError
 from mmopt.fingerprint import weights_record
 from mmopt.types import VQAAnswer
 
-__all__ = ["BlipVQA", "HFVLMVQA", "vqa_aliases", "resolve_vqa_name", "resolve_vqa_spec", "from_name",
+__all__ = ["BlipVQA", "HFVLMVQA", "HFVideoVLMVQA", "hf_video_from_name", "vqa_aliases", "resolve_vqa_name", "resolve_vqa_spec", "from_name",
            "blip_from_name", "hf_vlm_from_name", "check_image"]
 
 
@@ -311,29 +311,37 @@ class HFVLMVQA:
         return {"component": "mmopt.scorers.vqa.HFVLMVQA", **weights_record(self.model_id, self.revision), "dtype": dtype_name(self.dtype),
                 "prompt": None if self.use_chat else self.prompt, "yes": self._yes, "no": self._no}
 
+    media_type = "image"  # what the chat template's user turn holds besides the question
+
     def _texts(self, questions: list[str]) -> list[str]:
         if not self.use_chat:
             return [self.prompt.format(question=q) for q in questions]
         texts = []
         for q in questions:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+            messages = [{"role": "user", "content": [{"type": self.media_type}, {"type": "text", "text": q}]}]
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return texts
+
+    def _check(self, items: Sequence[Any], questions: Sequence[str]) -> tuple[list, list[str]]:
+        return _check_pairs(items, questions)
+
+    def _encode(self, items: list, texts: list[str]) -> dict:
+        ims_arg = [[im] for im in items] if self.model_type in _NESTED_IMAGES else items
+        return self.processor(text=texts, images=ims_arg, padding=True, return_tensors="pt")
 
     @torch.inference_mode()
     def answer(self, images: Sequence[Any], questions: Sequence[str]) -> list[VQAAnswer]:
         """Answers ``questions[i]`` about ``images[i]``, batched."""
-        images, questions = _check_pairs(images, questions)
+        images, questions = self._check(images, questions)
         out: list[VQAAnswer] = []
         for start in range(0, len(images), self.batch_size):
             # 1. build the prompts and encode
-            ims = images[start:start + self.batch_size]
             texts = self._texts(questions[start:start + self.batch_size])
-            ims_arg = [[im] for im in ims] if self.model_type in _NESTED_IMAGES else ims
-            batch = self.processor(text=texts, images=ims_arg, padding=True, return_tensors="pt")
+            batch = self._encode(images[start:start + self.batch_size], texts)
             batch = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in batch.items()}
-            if "pixel_values" in batch and batch["pixel_values"].is_floating_point():
-                batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+            for key in ("pixel_values", "pixel_values_videos"):
+                if key in batch and batch[key].is_floating_point():
+                    batch[key] = batch[key].to(self.dtype)
             if self._seq2seq:
                 start_id = self.model.config.text_config.decoder_start_token_id
                 batch["decoder_input_ids"] = torch.full((len(texts), 1), start_id, device=self.device)
@@ -346,6 +354,55 @@ class HFVLMVQA:
             raw = self.tokenizer.batch_decode(logits.argmax(-1)[:, None])
             out += [_answer(p, r.strip()) for p, r in zip(p_yes.tolist(), raw)]
         return out
+
+
+class HFVideoVLMVQA(HFVLMVQA):
+    """A transformers video-capable VLM as a yes/no VQA over frame sets (``takes_frames``).
+
+    ``answer(frame_sets, questions)`` pairs ``frame_sets[i]`` (a list of PIL frames, or one
+    image as a one-frame clip) with ``questions[i]``; the chat template's user turn holds
+    a video (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, SmolVLM2, ...) and the processor
+    receives ``videos=``. ``frames`` caps the frames sent per clip (uniformly sampled;
+    DSG samples before that). Everything else is :class:`HFVLMVQA`'s: next-token yes vs no.
+
+    >>> vqa = HFVideoVLMVQA("Qwen/Qwen2.5-VL-3B-Instruct")                       # doctest: +SKIP
+    >>> vqa.answer([frames], ["Is the dog running to the left?"])[0].p_yes          # doctest: +SKIP
+    0.81
+    """
+
+    takes_frames = True
+    media_type = "video"
+
+    def __init__(self, model: str, *, frames: int = 8, **kwargs: Any):
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"frames must be an int >= 1, got {frames!r}")
+        super().__init__(model, **kwargs)
+        if not self.use_chat:
+            raise ModelLoadError(f"{model!r} has no chat template, so it cannot be asked about a video")
+        self.frames = frames
+        self.name = f"hf-video:{model}"
+
+    def config(self) -> dict:
+        return {**super().config(), "component": "mmopt.scorers.vqa.HFVideoVLMVQA", "frames": self.frames}
+
+    def _check(self, items: Sequence[Any], questions: Sequence[str]) -> tuple[list, list[str]]:
+        from mmopt.scorers.video import sample_indices
+
+        items, questions = list(items), list(questions)
+        if len(items) != len(questions):
+            raise ValueError(f"frame_sets[i] pairs with questions[i]: got {len(items)} frame sets and "
+                             f"{len(questions)} questions")
+        clips = []
+        for i, clip in enumerate(items):
+            frames = list(clip) if isinstance(clip, (list, tuple)) else [clip]
+            if not frames:
+                raise ValueError(f"frame_sets[{i}] is empty; expected at least one frame")
+            clips.append([check_image(frames[j]) for j in sample_indices(len(frames), self.frames)])
+        _check_pairs([c[0] for c in clips], questions)  # the questions' checks
+        return clips, questions
+
+    def _encode(self, items: list, texts: list[str]) -> dict:
+        return self.processor(text=texts, videos=items, padding=True, return_tensors="pt")
 
 
 # ---------------------------------------------------------------------------
@@ -366,6 +423,17 @@ def from_name(name: str, **kwargs: Any) -> Any:
         f"unknown VQA model {name!r}: expected an alias ({', '.join(sorted(vqa_aliases()))}), "
         f"'blip:<hub id or dir>' or 'hf-vlm:<hub id or dir>'"
     )
+
+
+def hf_video_from_name(rest: str, **kwargs: Any) -> HFVideoVLMVQA:
+    """Registry factory for ``vqa`` ``hf-video:<hub id, dir or alias>`` (an ``hf-vlm`` alias
+    such as ``qwen2.5-vl-3b`` names the same model, asked about frame sets)."""
+    alias = vqa_aliases().get(rest)
+    if alias:
+        rest, kwargs = alias["name"].partition(":")[2], {**alias.get("kwargs", {}), **kwargs}
+    if not rest:
+        raise ValueError("expected 'hf-video:<hub id or directory>', e.g. 'hf-video:Qwen/Qwen2.5-VL-3B-Instruct'")
+    return HFVideoVLMVQA(rest, **kwargs)
 
 
 def blip_from_name(rest: str, **kwargs: Any) -> BlipVQA | Any:

@@ -58,12 +58,13 @@ def build_tiny_blip_vqa(out: Path, seed: int = 0) -> Path:
     return out
 
 
-# Qwen2-VL's chat format for one user turn with an image: the vision markers around one image pad
-# (the processor expands the pad to the image's patch count).
+# Qwen2-VL's chat format for one user turn with an image or a video: the vision markers around one
+# image or video pad (the processor expands the pad to the patch count).
 _QWEN2VL_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 

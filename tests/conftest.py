@@ -80,3 +80,21 @@ def tiny_clip(tiny_clip_dir):
     from mmopt.registry import create
 
     return create("scorer", f"clip:{tiny_clip_dir}")
+
+
+# --------------------------------------------------------------------------- video (tests/test_video*.py)
+
+
+@pytest.fixture(scope="session")
+def tiny_animatediff_dir(tiny_dir_root):
+    """A tiny AnimateDiff pipeline (the tiny SD plus a tiny motion adapter; 8 frames of 32 px)."""
+    from mmopt.pipelines.tiny_video import build_video_pipeline
+
+    return build_video_pipeline("tiny_animatediff", tiny_dir_root / "animatediff", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_generator(tiny_animatediff_dir):
+    from mmopt.registry import create
+
+    return create("generator", f"diffusers-video:{tiny_animatediff_dir}")

@@ -38,13 +38,23 @@ def add_run_options(p, default_preset: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _progress_callback(total_iterations: int):
-    """A tqdm bar over iterations that shows the best objective so far."""
-    bar = progress_bar(total_iterations, "optimizing", unit="iter")
+def _progress_callback(opt):
+    """A tqdm bar that shows the best objective so far: over iterations, or for a video
+    generator over frames x candidates (a clip's frames x the seeds, per candidate)."""
+    gen = opt.generator
+    per_trial = int(getattr(gen, "num_frames", 1)) * len(opt.seeds) \
+        if getattr(gen, "media_kind", "image") == "video" else 0
+    if per_trial:
+        bar = progress_bar(per_trial * (1 + (opt.budget.iterations - 1) * opt.candidates), "optimizing", unit="frame")
+    else:
+        bar = progress_bar(opt.budget.iterations, "optimizing", unit="iter")
 
     def callback(event, **info):
-        if event == "iteration":
-            bar.update(1)
+        if event == "trial" and per_trial:
+            bar.update(per_trial)
+        elif event == "iteration":
+            if not per_trial:
+                bar.update(1)
             bar.set_postfix(best=f"{info['best'].objective:.3f}", trials=len(info["trials"]))
         elif event == "done":
             bar.close()
@@ -94,7 +104,7 @@ def run(args) -> int:
 
     opt, store = build_from_args(args)
     if not args.no_progress:  # the bar appears once everything is valid and loaded
-        opt.callbacks.append(_progress_callback(opt.budget.iterations))
+        opt.callbacks.append(_progress_callback(opt))
     result = opt.run(args.prompt, run_id=args.run_id)
     report = write_report(store, result.run_id)
     print(f"run:       {result.run_id} ({result.stopped}; {len(result.trials)} trials, {result.images} images, "

@@ -34,13 +34,16 @@ from mmopt.llm.base import chat
 from mmopt.llm.parsing import normalize_for_dedup, parse_prompts
 from mmopt.types import SearchState, Trial
 
-__all__ = ["OPT2IProposer", "from_name", "load_template", "SYSTEM_MESSAGE"]
+__all__ = ["OPT2IProposer", "from_name", "load_template", "cut_to_words", "SYSTEM_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
 SYSTEM_MESSAGE = "You are an expert prompt engineer for text-to-image models."
-PLACEHOLDERS = ("intent", "style", "max_tokens", "protected_block", "history", "feedback_block", "n", "s")
+PLACEHOLDERS = ("intent", "style", "max_tokens", "max_words", "protected_block", "history", "feedback_block",
+                "n", "s")
 MODES = ("list", "parallel")
+#: The video template's word cap (RAPO++ and Prompt-A-Video rewrite to about 120 words).
+VIDEO_MAX_WORDS = 120
 _STYLE_TEXT = {
     "tags": "comma-separated keywords and short phrases",
     "sentences": "one or two plain descriptive sentences in natural language",
@@ -58,14 +61,34 @@ def _content_words(text: str) -> set[str]:
     return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words if w not in _STOPWORDS}
 
 
-def load_template(template: str | os.PathLike | None = None) -> str:
-    """The meta-prompt text: the shipped default, a file path, or template text itself.
+def cut_to_words(text: str, max_words: int) -> str:
+    """``text`` cut to at most ``max_words`` words: at the last sentence end that fits when
+    it keeps at least half of them, else at the word limit.
+
+    >>> cut_to_words("A fox runs. It jumps over a log and lands softly.", 6)
+    'A fox runs.'
+    """
+    words = text.split()
+    if len(words) <= max_words:
+        return text
+    head = " ".join(words[:max_words])
+    end = max(head.rfind(". "), head.rfind("! "), head.rfind("? "))
+    if head.endswith((".", "!", "?")):
+        return head
+    if end >= 0 and len(head[:end + 1].split()) >= max_words // 2:
+        return head[:end + 1]
+    return head.rstrip(" ,;:")
+
+
+def load_template(template: str | os.PathLike | None = None, *, default: str = "opt2i.txt") -> str:
+    """The meta-prompt text: the shipped ``default`` (``opt2i.txt``; ``opt2i_video.txt`` for
+    video), a file path, or template text itself.
 
     Text is recognised by containing ``$intent``; it must use ``$intent``,
     ``$history`` and ``$n`` and no placeholder outside ``PLACEHOLDERS``.
     """
     if template is None:
-        text = (importlib.resources.files("mmopt.assets") / "templates" / "opt2i.txt").read_text("utf-8")
+        text = (importlib.resources.files("mmopt.assets") / "templates" / default).read_text("utf-8")
     elif isinstance(template, (str, os.PathLike)) and "$intent" not in str(template):
         path = os.path.expanduser(str(template))
         if not os.path.isfile(path):
@@ -110,14 +133,21 @@ class OPT2IProposer:
     concepts) on their own history lines instead of a separate block that
     repeats each prompt.
 
+    For a video generator (``SearchState.media_kind == "video"``) the meta-prompt is
+    ``video_template`` (default ``assets/templates/opt2i_video.txt``: subject, action,
+    camera motion, scene progression) and every rewrite is cut to ``video_max_words``
+    words (about 120, as RAPO++ and Prompt-A-Video use), at the last sentence end
+    that fits when there is one.
+
     After each ``propose`` call, ``last_stats`` says what happened (attempts,
-    LLM calls, candidates parsed/repaired/rejected, errors, the LLM's usage).
+    LLM calls, candidates parsed/repaired/rejected/cut, errors, the LLM's usage).
     """
 
     def __init__(self, llm: Any, *, template: str | os.PathLike | None = None,
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
                  max_feedback: int = 3, min_overlap: int = 0, mode: str = "list", feedback_chars: int = 200,
-                 inline_feedback: bool = True):
+                 inline_feedback: bool = True, video_template: str | os.PathLike | None = None,
+                 video_max_words: int = VIDEO_MAX_WORDS):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
@@ -135,8 +165,12 @@ class OPT2IProposer:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(feedback_chars, bool) or not isinstance(feedback_chars, int) or feedback_chars < 20:
             raise ValueError(f"feedback_chars must be an int >= 20, got {feedback_chars!r}")
+        if isinstance(video_max_words, bool) or not isinstance(video_max_words, int) or video_max_words < 8:
+            raise ValueError(f"video_max_words must be an int >= 8, got {video_max_words!r}")
         self.llm = llm
         self.template = load_template(template)
+        self.video_template = load_template(video_template, default="opt2i_video.txt")
+        self.video_max_words = video_max_words
         self.temperature = float(temperature)
         self.max_tokens = max_tokens
         self.max_retries = max_retries
@@ -146,7 +180,8 @@ class OPT2IProposer:
         self.feedback_chars = feedback_chars
         self.inline_feedback = bool(inline_feedback)
         # The template's own words, to spot a reply that echoes the instructions.
-        self._static = " ".join(string.Template.pattern.sub(" ", self.template).lower().split())
+        self._static = " ".join(string.Template.pattern.sub(" ", self.template + " " + self.video_template)
+                                .lower().split())
         self.name = f"opt2i({getattr(llm, 'name', type(llm).__name__)})"
         self.last_stats: dict = {}
 
@@ -154,7 +189,8 @@ class OPT2IProposer:
         return {"component": "mmopt.proposers.opt2i.OPT2IProposer", "llm": self.llm, "template": self.template,
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "max_retries": self.max_retries,
                 "max_feedback": self.max_feedback, "min_overlap": self.min_overlap, "mode": self.mode,
-                "feedback_chars": self.feedback_chars, "inline_feedback": self.inline_feedback}
+                "feedback_chars": self.feedback_chars, "inline_feedback": self.inline_feedback,
+                "video_template": self.video_template, "video_max_words": self.video_max_words}
 
     # ------------------------------------------------------------ meta-prompt
     @staticmethod
@@ -203,8 +239,10 @@ class OPT2IProposer:
             spans = ", ".join(f'"{s}"' for s in protected)
             protected_block = f"\nCopy these exact spans unchanged into every prompt: {spans}.\n"
         style = _STYLE_TEXT.get(state.prompt_style, f"prompts in the style: {state.prompt_style}")
-        text = string.Template(self.template).safe_substitute(
+        template = self.video_template if state.media_kind == "video" else self.template
+        text = string.Template(template).safe_substitute(
             intent=intent, style=style, max_tokens=state.max_prompt_tokens, n=n, s="" if n == 1 else "s",
+            max_words=self.video_max_words,
             protected_block=protected_block, history="\n".join(lines), feedback_block=feedback_block,
         )
         return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": text}]
@@ -235,15 +273,21 @@ class OPT2IProposer:
         seen = {normalize_for_dedup(protect.strip_keep_tags(p)) for p in state.seen_prompts()}
         seen.add(normalize_for_dedup(protect.strip_keep_tags(state.intent)))
         stats = {"attempts": 0, "llm_calls": 0, "parsed": 0, "repaired": 0, "rejected_seen": 0,
-                 "rejected_protected": 0, "rejected_length": 0, "rejected_off_topic": 0, "errors": []}
+                 "rejected_protected": 0, "rejected_length": 0, "rejected_off_topic": 0, "cut_to_words": 0,
+                 "errors": []}
+        video = state.media_kind == "video"
         intent_words = _content_words(protect.strip_keep_tags(state.intent))
         self.last_stats = stats
         # A rambling paragraph is no prompt: allow up to twice the encoder budget in words.
         max_words = max(20, 2 * int(state.max_prompt_tokens))
 
         # Tokens one revision may take: about twice the intent, within the encoder's window
-        # (a reply is cut there, so a small LLM that rambles does not decode a paragraph).
-        item_tokens = max(24, min(int(state.max_prompt_tokens) + 8, 2 * len(intent_words) * 2 + 24))
+        # (a reply is cut there, so a small LLM that rambles does not decode a paragraph);
+        # a video prompt is meant to be long (up to video_max_words words)
+        if video:
+            item_tokens = 2 * self.video_max_words
+        else:
+            item_tokens = max(24, min(int(state.max_prompt_tokens) + 8, 2 * len(intent_words) * 2 + 24))
 
         # 2. ask, parse, filter; retry with a fresh seed while nothing usable came back
         accepted: list[str] = []
@@ -286,7 +330,13 @@ class OPT2IProposer:
                         continue
                     stats["repaired"] += 1
                     cand = fixed
-                if len(cand.split()) > max_words:
+                if video and len(cand.split()) > self.video_max_words:
+                    cand = cut_to_words(cand, self.video_max_words)
+                    stats["cut_to_words"] += 1
+                    if protected and protect.check(cand, protected):  # the cut lost a protected span
+                        stats["rejected_protected"] += 1
+                        continue
+                elif not video and len(cand.split()) > max_words:
                     stats["rejected_length"] += 1
                     continue
                 key = normalize_for_dedup(cand)
