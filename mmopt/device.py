@@ -81,12 +81,14 @@ def _cpu_busy_jiffies() -> tuple[int, int] | None:
 
 
 def free_cpu_cores(window_s: float = 0.05) -> int:
-    """CPU cores this process may use that other processes are not using right now (at least 1).
+    """CPU cores this process may use that nothing else is using right now (at least 1).
 
-    Measured over ``window_s``: the machine's busy time minus this process's own,
-    as a share of the cores this process may run on. Threads that spin while
-    they wait (llama.cpp's) are several times slower when they outnumber the
-    free cores, so an LLM call asks this before it starts.
+    Measured over ``window_s``: the machine's busy time minus the calling
+    thread's own, as a share of the cores this process may run on (other
+    threads of this process, e.g. a generator rendering beside a lookahead
+    proposal, count as busy). Threads that spin while they wait (llama.cpp's)
+    are several times slower when they outnumber the free cores, so an LLM
+    call asks this before it starts.
     """
     import os
     import time
@@ -95,11 +97,11 @@ def free_cpu_cores(window_s: float = 0.05) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    before, own_before = _cpu_busy_jiffies(), sum(os.times()[:2])
+    before, own_before = _cpu_busy_jiffies(), time.thread_time()
     if before is None:
         return cores
     time.sleep(window_s)
-    after, own_after = _cpu_busy_jiffies(), sum(os.times()[:2])
+    after, own_after = _cpu_busy_jiffies(), time.thread_time()
     total = after[1] - before[1]
     if total <= 0:
         return cores
