@@ -27,6 +27,9 @@ COMMANDS: dict[str, str] = {
     "demo": "mmopt.commands.demo",
     "runs": "mmopt.commands.runs",
     "export": "mmopt.commands.export",
+    "coop": "mmopt.commands.coop",
+    "tpt": "mmopt.commands.tpt",
+    "invert": "mmopt.commands.invert",
 }
 
 EXIT_BAD_INPUT = 2

@@ -35,6 +35,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "diffusers": "mmopt.pipelines.diffusers_t2i:from_name",
         "diffusers-video": "mmopt.pipelines.diffusers_video:from_name",
         "offline": "mmopt.pipelines.offline:t2i_from_name",
+        "fewshot": "mmopt.prompt_learning.glov:generator_from_name",
     },
     "scorer": {
         "clip": "mmopt.scorers.clip:from_name",
@@ -51,6 +52,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "frames": "mmopt.scorers.video:frames_from_name",
         "temporal": "mmopt.scorers.video:temporal_from_name",
         "motion": "mmopt.scorers.video:motion_from_name",
+        "accuracy": "mmopt.prompt_learning.glov:accuracy_from_name",
+        "imagesim": "mmopt.prompt_learning.pez:image_similarity_from_name",
     },
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
