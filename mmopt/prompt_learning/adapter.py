@@ -367,8 +367,10 @@ class CLIPPromptAdapter(Configurable):
 
     @property
     def embed_dim(self) -> int:
-        with torch.no_grad():
-            return int(self.encode_texts(["x"]).shape[-1])
+        """Size D of the joint embedding space."""
+        if getattr(self, "_embed_dim", None) is None:
+            self._embed_dim = int(self.encode_texts(["x"]).shape[-1])
+        return self._embed_dim
 
 
 def fill_template(template: str, classname: str) -> str:

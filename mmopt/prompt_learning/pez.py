@@ -19,6 +19,7 @@ target image, so the LLM refines it (image -> prompt -> refine).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -189,7 +190,7 @@ class ImageSimilarityScorer(Configurable):
                 ident.append(file_fingerprint(t))
             else:
                 images.append(t.convert("RGB"))
-                ident.append("png-" + __import__("hashlib").sha256(encode_png(images[-1])).hexdigest()[:16])
+                ident.append("png-" + hashlib.sha256(encode_png(images[-1])).hexdigest()[:16])
         self.targets = self.adapter.image_features(images)
         self.name = name or f"imagesim:{self.adapter.clip_name}"
         self.register_config(clip=describe(self.adapter), targets=ident)
