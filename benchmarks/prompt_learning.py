@@ -83,7 +83,9 @@ class Report:
         with open(path.with_suffix(".jsonl"), "w") as f:
             for r in self.records:
                 f.write(json.dumps(r) + "\n")
-        path.with_suffix(".md").write_text("# Prompt learning on the ShapesWorld suite\n" + "\n".join(self.md) + "\n")
+        head = "\n".join(f"{line}  " for line in self.lines[:4])  # the machine, model and sizes
+        path.with_suffix(".md").write_text("# Prompt learning on the ShapesWorld suite\n\n" + head + "\n"
+                                           + "\n".join(self.md) + "\n")
 
 
 def pct(values) -> str:
@@ -245,14 +247,15 @@ def main(argv=None) -> int:
                 for name, kw, steps in variants:
                     tpt = TPT(adapter, flip=task.flip_safe, steps=steps, seed=0, **kw)
                     r = tpt.evaluate(data)
-                    rows.append([t, split, name, pct([zero]), pct([r["start_accuracy"]]), pct([r["accuracy"]]),
-                                 f"{100 * (r['accuracy'] - r['start_accuracy']):+.1f}",
-                                 f"{100 * (r['accuracy'] - zero):+.1f}", f"{r['images_per_s']:.2f}"])
+                    rows.append([t, split, name, str(r["images"]), pct([zero]), pct([r["start_accuracy"]]),
+                                 pct([r["accuracy"]]), f"{100 * (r['accuracy'] - r['start_accuracy']):+.1f}",
+                                 f"{r['fixed']}/{r['broken']}", f"{100 * (r['accuracy'] - zero):+.1f}",
+                                 f"{r['images_per_s']:.2f}"])
                     rep.record(section="C", task=t, split=split, start=name, steps=steps, zero_shot=zero, **r)
         rep.table("C. TPT (%), 64 views, 10% most confident, AdamW lr 5e-3; 'no tuning' is the starting prompt on "
                   f"the same images (images per class: {tpt_per}; views seeded, one seed)",
-                  ["task", "split", "start", "zero-shot", "no tuning", "TPT", "vs no tuning", "vs zero-shot",
-                   "img/s"], rows)
+                  ["task", "split", "start", "images", "zero-shot", "no tuning", "TPT", "vs no tuning",
+                   "fixed/broken", "vs zero-shot", "img/s"], rows)
 
     # ---------------------------------------------------------------- D. DiffTPT views
     if "D" in sections:
@@ -267,10 +270,12 @@ def main(argv=None) -> int:
                                  DiffusionViews(generate=4 if quick else 16, keep=2 if quick else 8, seed=0))):
             r = TPT(adapter, init=prefix, suffix=tail, diffusion=diffusion, seed=0).evaluate(data)
             rows.append([name, pct([r["start_accuracy"]]), pct([r["accuracy"]]),
-                         f"{100 * (r['accuracy'] - r['start_accuracy']):+.1f}", f"{r['images_per_s']:.2f}"])
+                         f"{100 * (r['accuracy'] - r['start_accuracy']):+.1f}", f"{r['fixed']}/{r['broken']}",
+                         f"{r['images_per_s']:.2f}"])
             rep.record(section="D", method=name, **r)
         rep.table(f"D. DiffTPT views on colour_shape/shift ({len(data)} images; generator: offline:t2i, "
-                  "img2img strength 0.5, empty prompt)", ["method", "no tuning", "TPT", "gain", "img/s"], rows)
+                  "img2img strength 0.5, empty prompt)", ["method", "no tuning", "TPT", "gain", "fixed/broken",
+                                                          "img/s"], rows)
 
     # ---------------------------------------------------------------- E. PEZ
     if "E" in sections:
@@ -358,9 +363,11 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
     examples = []
     for i, (cap, img) in enumerate(zip(captions, targets)):
         target = adapter.image_features([img])
+        inverted = {"PEZ (full vocabulary)": full.invert([img]), "PEZ (ShapesWorld words)": world.invert([img])}
+        for name, r in inverted.items():
+            per[name].setdefault("best_step", []).append(r["best_step"])
         prompts = {
-            "PEZ (full vocabulary)": full.invert([img])["prompt"],
-            "PEZ (ShapesWorld words)": world.invert([img])["prompt"],
+            **{name: r["prompt"] for name, r in inverted.items()},
             "random tokens (16)": full.random_prompt(seed=1000 + i),
             "DSG-question caption": dsg_question_caption(img, vqa),
             "true caption (reference)": cap,
@@ -378,11 +385,13 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
         examples.append((cap, prompts))
     rows = []
     for name, v in per.items():
+        steps_at = f"{statistics.fmean(v['best_step']):.0f}" if "best_step" in v else ""
         rows.append([name, f"{statistics.fmean(v['text']):.3f}", f"{statistics.fmean(v['regen']):.3f}",
-                     f"{min(v['regen']):.3f}..{max(v['regen']):.3f}"])
+                     f"{min(v['regen']):.3f}..{max(v['regen']):.3f}", steps_at])
     rep.table(f"E. PEZ on {n_targets} target renders (held-out ShapesWorld prompts), {steps} steps, length 16, "
               f"AdamW lr 0.1 wd 0.1; regenerated with offline:t2i on seeds {seeds}; CLIP cosine to the target",
-              ["prompt", "text-image cos", "regenerated image cos (mean)", "range over targets"], rows)
+              ["prompt", "text-image cos", "regenerated image cos (mean)", "range over targets",
+               "best found at step (mean)"], rows)
     rep.say("  examples:")
     for cap, prompts in examples[:3]:
         rep.say(f"    target caption: {cap!r}")

@@ -74,7 +74,9 @@ def run(args) -> int:
     common = dict(views=args.views, fraction=args.fraction, steps=args.steps, lr=args.lr, flip=flip,
                   diffusion=diffusion, seed=args.seed)
     if args.context:
-        tpt = TPT(args.clip, context=args.context, **common)
+        # the context's own model unless --clip names another one
+        clip = None if args.clip == "offline:clip" else args.clip
+        tpt = TPT(clip, context=args.context, **common)
     else:
         init = args.init or prefix.strip()
         tpt = TPT(args.clip, init=init, suffix=tail.strip() if init == prefix.strip() else ".", **common)

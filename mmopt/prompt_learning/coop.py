@@ -13,8 +13,8 @@ lr 0.002 with a cosine schedule, one warm-up epoch at 1e-5, batch 32, and 50 /
 
 One deviation, for speed, stated in ``config()``: CLIP's image tower is frozen,
 so image features are computed once and reused every epoch; the paper's random
-crops and flips (``augment``) are not applied unless asked for with
-``augment_views > 0`` (that many augmented copies per image, encoded once).
+crops and flips are not applied unless asked for with ``augment_views > 0``
+(that many augmented copies per image, encoded once).
 
 CoCoOp (``cocoop.py``) and KgCoOp (``kgcoop.py``) are this class with another
 context or another loss (the hooks ``_context`` and ``_loss``).

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -84,7 +85,8 @@ def augment_views(pixels: torch.Tensor, n: int, gen: torch.Generator, *, scale: 
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     out = [pixels] if keep_original else []
     for _ in range(n):
-        u = torch.rand(6, generator=gen).tolist()
+        # six uniform draws per view, the first decides the flip (a fixed count: seeded views never change)
+        flip_draw = torch.rand(6, generator=gen)[0].item()
         box = None
         for attempt in range(10):  # torchvision's RandomResizedCrop.get_params, on our generator
             target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
@@ -98,7 +100,7 @@ def augment_views(pixels: torch.Tensor, n: int, gen: torch.Generator, *, scale: 
         if box is None:  # fall back to the centre crop
             box = ((h - min(h, w)) // 2, (w - min(h, w)) // 2, min(h, w), min(h, w))
         view = resized_crop(pixels, *box, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        if flip and u[0] < 0.5:
+        if flip and flip_draw < 0.5:
             view = view.flip(-1)
         out.append(view)
     return torch.stack(out)
@@ -181,7 +183,8 @@ class TPT(Configurable):
     """Test-time prompt tuning; see the module docstring.
 
     Args:
-        clip: a :class:`CLIPPromptAdapter` or an open_clip name.
+        clip: a :class:`CLIPPromptAdapter` or an open_clip name (default ``offline:clip``; with a
+            saved ``context`` file, default the model it was learned with).
         init: the hand-written start: a phrase whose embeddings are the context ("a photo of a").
         context: instead of ``init``, a learned CoOp context: a fitted ``CoOp`` (or KgCoOp), or the
             path of its saved ``.safetensors`` file. Its layout (length, class position) is kept.
@@ -196,7 +199,7 @@ class TPT(Configurable):
 
     name = "tpt"
 
-    def __init__(self, clip: Any = "offline:clip", *, init: str | None = "a photo of a", context: Any = None,
+    def __init__(self, clip: Any = None, *, init: str | None = "a photo of a", context: Any = None,
                  views: int = 64, fraction: float = 0.1, steps: int = 1, lr: float = 5e-3, flip: bool = True,
                  scale: tuple[float, float] = (0.08, 1.0), diffusion: DiffusionViews | None = None,
                  position: str = "end", suffix: str = ".", seed: int = 0):
@@ -224,8 +227,7 @@ class TPT(Configurable):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         # 2. the starting context: a phrase or a learned CoOp context
         if context is not None:
-            learner = CoOp.load(context, clip if clip != "offline:clip" else None) if isinstance(context, str) \
-                else context
+            learner = CoOp.load(context, clip) if isinstance(context, (str, os.PathLike)) else context
             if not isinstance(learner, CoOp) or learner.ctx is None:
                 raise TypeError("context must be a fitted CoOp/KgCoOp learner or the path of its saved context")
             if learner.name == "cocoop":
@@ -238,7 +240,7 @@ class TPT(Configurable):
         else:
             if init is None:
                 raise ValueError("give init (a phrase such as 'a photo of a') or context (a CoOp context)")
-            self.adapter = as_adapter(clip)
+            self.adapter = as_adapter(clip or "offline:clip")
             self.ctx0 = self.adapter.phrase_embeddings(init)
             self.n_ctx = len(self.ctx0)
             start = {"init": init}
@@ -303,14 +305,17 @@ class TPT(Configurable):
         return {"pred": preds, "pred_start": starts, "seconds": time.perf_counter() - t0}
 
     def evaluate(self, data: ImageSet, progress: Callable[[int], None] | None = None) -> dict:
-        """Accuracy on ``data`` with and without tuning, and the speed (images per second)."""
+        """Accuracy on ``data`` with and without tuning (``start_accuracy``), how many images tuning
+        ``fixed`` and ``broken``, and the speed (images per second)."""
         if not len(data):
             raise ValueError("no images to evaluate")
         loaded = data.load()
         out = self.predict(loaded.images, data.classnames, progress)
         labels = torch.tensor(data.labels)
-        return {"accuracy": float((torch.tensor(out["pred"]) == labels).float().mean()),
-                "start_accuracy": float((torch.tensor(out["pred_start"]) == labels).float().mean()),
+        right, right0 = torch.tensor(out["pred"]) == labels, torch.tensor(out["pred_start"]) == labels
+        # the paired view: images tuning made right, and images it made wrong
+        return {"accuracy": float(right.float().mean()), "start_accuracy": float(right0.float().mean()),
+                "fixed": int((right & ~right0).sum()), "broken": int((~right & right0).sum()),
                 "images": len(data), "seconds": out["seconds"], "images_per_s": len(data) / out["seconds"]}
 
 
