@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -342,8 +341,6 @@ def dsg_question_caption(image, vqa) -> str:
 
 
 def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
-    import torch
-
     from mmopt import registry
     from mmopt.prompt_learning.pez import PEZ
     from mmopt.shapesworld import grammar as G
@@ -357,7 +354,7 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
     vqa = registry.create("vqa", "shapes")
     full = PEZ(adapter, steps=steps, seed=0)
     world = PEZ(adapter, steps=steps, seed=0, vocabulary=world_words())
-    rows_text, per = [], {k: {"text": [], "regen": []} for k in
+    per = {k: {"text": [], "regen": []} for k in
                           ("PEZ (full vocabulary)", "PEZ (ShapesWorld words)", "random tokens (16)",
                            "DSG-question caption", "true caption (reference)")}
     examples = []

@@ -49,7 +49,8 @@ def add_arguments(p) -> None:
 
 def _splits(args, classnames, base, new):
     """{split name: ImageSet} to evaluate on, and the train draw."""
-    from mmopt.prompt_learning.data import few_shot, image_folder, rest_of, shapesworld_few_shot
+    from mmopt.prompt_learning.data import few_shot, image_folder, rest_of
+    from mmopt.shapesworld.tasks import shapesworld_few_shot
 
     if args.task:
         from mmopt.shapesworld.tasks import get_task

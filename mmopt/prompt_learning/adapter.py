@@ -373,6 +373,11 @@ class CLIPPromptAdapter(Configurable):
         return self._embed_dim
 
 
+def as_adapter(clip: Any) -> CLIPPromptAdapter:
+    """A CLIPPromptAdapter from an adapter or an open_clip name."""
+    return clip if isinstance(clip, CLIPPromptAdapter) else CLIPPromptAdapter(clip)
+
+
 def fill_template(template: str, classname: str) -> str:
     """``template`` with ``"{}"`` replaced by the class name (appended when the template has none).
 
@@ -392,4 +397,5 @@ def check_template(template: str) -> str:
     return template
 
 
-__all__ = ["CLIPPromptAdapter", "PromptBatch", "POSITIONS", "resolve_clip_name", "fill_template", "check_template"]
+__all__ = ["CLIPPromptAdapter", "PromptBatch", "POSITIONS", "resolve_clip_name", "as_adapter", "fill_template",
+           "check_template"]

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mmopt.component import Configurable, describe
-from mmopt.prompt_learning.adapter import POSITIONS, CLIPPromptAdapter, PromptBatch
+from mmopt.prompt_learning.adapter import POSITIONS, CLIPPromptAdapter, PromptBatch, as_adapter
 from mmopt.prompt_learning.data import ImageSet
 
 #: The learners whose contexts :meth:`CoOp.load` reads back (``mmopt.prompt_learning.METHODS``).
@@ -61,11 +61,6 @@ def _check_float(name: str, value: Any, low: float = 0.0, strict: bool = True) -
             or (value <= low if strict else value < low):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
     return float(value)
-
-
-def as_adapter(clip: Any) -> CLIPPromptAdapter:
-    """A CLIPPromptAdapter from an adapter or an open_clip name."""
-    return clip if isinstance(clip, CLIPPromptAdapter) else CLIPPromptAdapter(clip)
 
 
 class CoOp(Configurable):
@@ -174,7 +169,7 @@ class CoOp(Configurable):
 
     def _train_features(self, train: ImageSet, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised image features of the training images (and of augmented copies), with labels."""
-        from mmopt.prompt_learning.tpt import augment_views
+        from mmopt.prompt_learning.views import augment_views
 
         pixels = self.adapter.pixels(train.load().images)
         feats = [self.adapter.image_features(pixels)]
@@ -211,7 +206,7 @@ class CoOp(Configurable):
             for g in opt.param_groups:
                 g["lr"] = self._lr_at(epoch, epochs)
             order = torch.randperm(n, generator=gen).to(labels.device)
-            total, seen, correct = 0.0, 0, 0
+            total, seen = 0.0, 0
             for start in range(0, n, self.batch_size):
                 idx = order[start:start + self.batch_size]
                 loss = self._loss(feats[idx], labels[idx], prompts, ctx)
@@ -326,4 +321,4 @@ def zero_shot_accuracy(adapter: CLIPPromptAdapter, template: str, data: ImageSet
     return float((pred == torch.tensor(data.labels)).float().mean())
 
 
-__all__ = ["CoOp", "coop_epochs", "zero_shot_accuracy", "as_adapter"]
+__all__ = ["CoOp", "coop_epochs", "zero_shot_accuracy"]

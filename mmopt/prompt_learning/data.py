@@ -9,7 +9,7 @@ No torch here: images are PIL images or file paths, labels are ints.
   are skipped and recorded, a class with too few readable images is an error.
 * :func:`base_new_split`: the first half of the classes (base) and the rest (new),
   as in CoCoOp's base-to-new protocol.
-* :func:`shapesworld_few_shot`: the same draw from a ShapesWorld task (rendered).
+* ShapesWorld draws are rendered: ``mmopt.shapesworld.tasks.shapesworld_few_shot``.
 
 >>> data = ImageSet(["a.png", "b.png"], [0, 1], ("cat", "dog"), {})
 >>> base_new_split(("a", "b", "c"))
@@ -255,17 +255,5 @@ def base_new_split(classnames: Sequence[str]) -> tuple[tuple[int, ...], tuple[in
     return tuple(range(m)), tuple(range(m, n))
 
 
-def shapesworld_few_shot(task: str, shots: int, seed: int, classes: Sequence[int] | None = None) -> ImageSet:
-    """``shots`` rendered training images per class of a ShapesWorld task (``mmopt.shapesworld.tasks``),
-    for few-shot draw ``seed``; with ``classes``, only those (relabelled 0.., as :meth:`ImageSet.subset`)."""
-    from mmopt.shapesworld.tasks import get_task
-
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"shots must be an int >= 1, got {shots!r}")
-    data = get_task(task).images("train", per_class=shots, seed=seed, classes=classes)
-    data.meta["shots"] = shots
-    return data if classes is None else data.subset(classes)
-
-
 __all__ = ["ImageSet", "IMAGE_EXTENSIONS", "read_classnames", "image_folder", "few_shot", "rest_of",
-           "base_new_split", "shapesworld_few_shot"]
+           "base_new_split"]

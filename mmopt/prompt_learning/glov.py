@@ -77,7 +77,7 @@ class FewShotClassifier(Configurable):
 
     def __init__(self, data: str = "colour_shape", *, clip: Any = "offline:clip", shots: int = 4,
                  classes: Sequence[int] | None = None, classnames: str | None = None):
-        from mmopt.prompt_learning.coop import as_adapter
+        from mmopt.prompt_learning.adapter import as_adapter
 
         if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be an int >= 1, got {shots!r}")
@@ -109,7 +109,8 @@ class FewShotClassifier(Configurable):
     def _draw(self, seed: int):
         """(normalised image features, labels) of few-shot draw ``seed`` (computed once)."""
         if seed not in self._draws:
-            from mmopt.prompt_learning.data import few_shot, shapesworld_few_shot
+            from mmopt.prompt_learning.data import few_shot
+            from mmopt.shapesworld.tasks import shapesworld_few_shot
 
             if self._folder is not None:
                 draw = few_shot(self._folder, self.shots, seed)

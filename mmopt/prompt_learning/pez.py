@@ -58,7 +58,7 @@ class PEZ(Configurable):
 
     def __init__(self, clip: Any = "offline:clip", *, length: int = 16, steps: int = 3000, lr: float = 0.1,
                  weight_decay: float = 0.1, vocabulary: Sequence[str] | None = None, seed: int = 0):
-        from mmopt.prompt_learning.coop import as_adapter
+        from mmopt.prompt_learning.adapter import as_adapter
 
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be an int >= 1, got {length!r}")
@@ -172,7 +172,7 @@ class ImageSimilarityScorer(Configurable):
 
     def __init__(self, clip: Any = "offline:clip", targets: Sequence[Any] = (), *, name: str | None = None):
         from mmopt.fingerprint import file_fingerprint
-        from mmopt.prompt_learning.coop import as_adapter
+        from mmopt.prompt_learning.adapter import as_adapter
         from mmopt.store import encode_png
 
         if isinstance(targets, (str, os.PathLike)) or not len(targets):

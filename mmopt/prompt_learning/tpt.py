@@ -10,8 +10,8 @@ For every test image, on its own and without labels:
    respect to the prompt's context (4 tokens from "a photo of a", or a CoOp context);
 4. predict the original image with the tuned prompt, then reset the context.
 
-The math is in three small functions the tests check directly:
-:func:`select_confident`, :func:`avg_entropy` and :func:`augment_views`.
+The math is in small functions the tests check directly: :func:`select_confident`,
+:func:`avg_entropy`, and :func:`~mmopt.prompt_learning.views.augment_views` for the views.
 
 DiffTPT's option (Feng et al., ICCV 2023): some views come from a diffusion model
 instead of crops. :class:`DiffusionViews` makes them with the project's own
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from mmopt.component import Configurable, describe
 from mmopt.prompt_learning.adapter import POSITIONS, CLIPPromptAdapter
 from mmopt.prompt_learning.data import ImageSet
+from mmopt.prompt_learning.views import augment_views
 
 # --------------------------------------------------------------------------- the math
 
@@ -64,46 +65,6 @@ def avg_entropy(logits: torch.Tensor) -> torch.Tensor:
     mean_logp = logp.logsumexp(dim=0) - math.log(logp.shape[0])
     mean_logp = mean_logp.clamp(min=torch.finfo(mean_logp.dtype).min)
     return -(mean_logp.exp() * mean_logp).sum(dim=-1)
-
-
-def augment_views(pixels: torch.Tensor, n: int, gen: torch.Generator, *, scale: tuple[float, float] = (0.08, 1.0),
-                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
-                  keep_original: bool = True) -> torch.Tensor:
-    """``n`` random resized crops (torchvision's sampling rule, drawn from ``gen``) of a preprocessed
-    image ``pixels`` (3, H, W), each resized back to H x W and flipped with probability 1/2 when
-    ``flip``; with ``keep_original`` the image itself comes first: (n + 1, 3, H, W).
-
-    Cropping and resizing commute with the per-channel normalisation, so augmenting the
-    normalised tensor equals augmenting the image and then normalising.
-    """
-    from torchvision.transforms.functional import InterpolationMode, resized_crop
-
-    if pixels.dim() != 3:
-        raise ValueError(f"pixels must be one (3, H, W) image, got shape {tuple(pixels.shape)}")
-    _, h, w = pixels.shape
-    area = h * w
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    out = [pixels] if keep_original else []
-    for _ in range(n):
-        # six uniform draws per view, the first decides the flip (a fixed count: seeded views never change)
-        flip_draw = torch.rand(6, generator=gen)[0].item()
-        box = None
-        for attempt in range(10):  # torchvision's RandomResizedCrop.get_params, on our generator
-            target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
-            aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=gen).item())
-            cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < cw <= w and 0 < ch <= h:
-                top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-                left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-                box = (top, left, ch, cw)
-                break
-        if box is None:  # fall back to the centre crop
-            box = ((h - min(h, w)) // 2, (w - min(h, w)) // 2, min(h, w), min(h, w))
-        view = resized_crop(pixels, *box, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        if flip and flip_draw < 0.5:
-            view = view.flip(-1)
-        out.append(view)
-    return torch.stack(out)
 
 
 # --------------------------------------------------------------------------- DiffTPT's views
@@ -203,7 +164,8 @@ class TPT(Configurable):
                  views: int = 64, fraction: float = 0.1, steps: int = 1, lr: float = 5e-3, flip: bool = True,
                  scale: tuple[float, float] = (0.08, 1.0), diffusion: DiffusionViews | None = None,
                  position: str = "end", suffix: str = ".", seed: int = 0):
-        from mmopt.prompt_learning.coop import CoOp, as_adapter
+        from mmopt.prompt_learning.adapter import as_adapter
+        from mmopt.prompt_learning.coop import CoOp
 
         # 1. check arguments
         if isinstance(views, bool) or not isinstance(views, int) or views < 2:

@@ -220,6 +220,16 @@ TASKS: dict[str, Task] = {
 }
 
 
+def shapesworld_few_shot(task: str, shots: int, seed: int, classes=None) -> ImageSet:
+    """``shots`` rendered training images per class of ``task`` for few-shot draw ``seed``; with
+    ``classes``, only those (relabelled 0.., as :meth:`ImageSet.subset`)."""
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"shots must be an int >= 1, got {shots!r}")
+    data = get_task(task).images("train", per_class=shots, seed=seed, classes=classes)
+    data.meta["shots"] = shots
+    return data if classes is None else data.subset(classes)
+
+
 def world_words() -> list[str]:
     """Every word a ShapesWorld caption can use (PEZ's vocabulary restricted to the world)."""
     words = {w for table in (G.COLOUR_SYNONYMS, G.SHAPE_SYNONYMS, G.SIZE_SYNONYMS) for ws in table.values() for w in ws}
