@@ -109,6 +109,10 @@ def test_adapter_rejects_class_names_longer_than_the_window(tiny):
         tiny.prompts(["red circle", "  "], 4)
     with pytest.raises(ValueError, match="position"):
         tiny.prompts(NAMES, 4, "top")
+    # the hand-written (zero-shot) path refuses too, instead of cutting the prompt short
+    with pytest.raises(ValueError, match="window holds 75"):
+        tiny.template_features("a photo of a {}.", ["red " * 80])
+    assert tiny.encode_texts(["red " * 80], truncate=True).shape == (1, tiny.embed_dim)
 
 
 def test_scorer_inference_path_is_untouched(tiny_clip_dir, tiny):

@@ -318,13 +318,22 @@ class CLIPPromptAdapter(Configurable):
         return F.normalize(feats, dim=-1) if normalize else feats
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """Features (N, D) of written texts through the same path (hand-written prompts)."""
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True, *, truncate: bool = False) -> torch.Tensor:
+        """Features (N, D) of written texts through the same path (hand-written prompts).
+
+        A text longer than the context window is a ValueError (a class prompt cut short
+        would classify silently wrong); ``truncate=True`` cuts it instead.
+        """
         if isinstance(texts, str) or not texts:
             raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
         rows = []
         for t in texts:
-            ids = self.tokenize(t)[: self.context_length - 2]
+            ids = self.tokenize(t)
+            if len(ids) > self.context_length - 2:
+                if not truncate:
+                    raise ValueError(f"the prompt {t[:60]!r}... has {len(ids)} tokens; the "
+                                     f"{self.context_length}-token window holds {self.context_length - 2}")
+                ids = ids[: self.context_length - 2]
             rows.append([self.sot] + ids + [self.eot])
         length = max(map(len, rows)) if self.text.can_cut else self.context_length
         ids = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)

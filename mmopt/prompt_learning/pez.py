@@ -110,7 +110,7 @@ class PEZ(Configurable):
 
     def similarity_of_text(self, text: str, target: torch.Tensor) -> float:
         """Mean cosine of a written prompt to the target features (what a user of the text gets)."""
-        return float((target @ self.adapter.encode_texts([text])[0]).mean())
+        return float((target @ self.adapter.encode_texts([text], truncate=True)[0]).mean())
 
     def invert(self, images: Sequence[Any], progress: Callable[[int, int, float], None] | None = None) -> dict:
         """The hard prompt for ``images`` (PIL images; several are matched on average).
