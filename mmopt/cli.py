@@ -27,6 +27,9 @@ COMMANDS: dict[str, str] = {
     "demo": "mmopt.commands.demo",
     "runs": "mmopt.commands.runs",
     "export": "mmopt.commands.export",
+    "batch": "mmopt.commands.batch",
+    "report": "mmopt.commands.report",
+    "app": "mmopt.commands.app",
 }
 
 EXIT_BAD_INPUT = 2
