@@ -51,6 +51,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "frames": "mmopt.scorers.video:frames_from_name",
         "temporal": "mmopt.scorers.video:temporal_from_name",
         "motion": "mmopt.scorers.video:motion_from_name",
+        "human": "mmopt.scorers.human:from_name",
+        "terms": "mmopt.scorers.terms:from_name",
     },
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
@@ -69,6 +71,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "opt2i": "mmopt.proposers.opt2i:from_name",
         "rules": "mmopt.proposers.rules:from_name",
         "fixed": "mmopt.proposers.fixed:from_name",
+        "queue": "mmopt.proposers.queue:from_name",
     },
     "strategy": {
         "topk": "mmopt.strategies:topk",
