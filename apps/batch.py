@@ -89,9 +89,8 @@ class Process:
 def set_cpu_threads(threads: int | None) -> None:
     """torch's CPU threads: ``threads``, or the cores shared out among the local processes.
 
-    On a CPU that other work also uses, one thread per process is much faster than
-    several contending ones (measured on the project's 2-core machine: 0.8 s against
-    4-6 s per 64 px ShapesWorld image).
+    On a CPU that other work also uses, one thread per process avoids threads waiting on
+    each other (``import mmopt`` also sets ``OMP_WAIT_POLICY=PASSIVE`` for that reason).
     """
     import torch
 
