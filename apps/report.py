@@ -182,7 +182,10 @@ def trajectory_png(trials) -> str | None:
 
 
 def _img(store, run_id: str, g: dict, rel_to: Path) -> str:
-    title = html.escape(f"seed {g['seed']}: " + ", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items()))
+    raw_title = f"seed {g['seed']}: " + ", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items())
+    if (len(g["paths"]) > 1 or "fps" in g["meta"]) and not g["missing"]:  # a clip plays, as in the table
+        return clip_cell(store, run_id, g, raw_title)
+    title = html.escape(raw_title)
     for p in g["paths"][:1]:
         if p in g["missing"]:
             return f"<span class='bad' title='{title}'>missing</span>"
