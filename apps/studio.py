@@ -453,7 +453,10 @@ class Studio:
         from mmopt.apps.report import word_diff_html
         from mmopt.optimizer import choose_best
 
-        info = self.store.get_run(run_id)
+        try:
+            info = self.store.get_run(run_id)
+        except ValueError:  # the run's thread has not opened it in the store yet
+            info = {"status": "starting", "intent": "", "summary": None}
         trials = self.store.load_trials(run_id)
         view = {"run_id": run_id, "status": info["status"], "intent": info["intent"], "trials": trials,
                 "gallery": [], "best": None, "original": None, "diff": "", "summary": info.get("summary")}

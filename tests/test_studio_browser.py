@@ -124,7 +124,9 @@ def test_studio_runs_and_reopens_in_chromium(studio_server, browser, tmp_path):
     url, out = studio_server
     browser.get(url)
     WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#prompt textarea")))
-    time.sleep(1.0)  # the page's load event hands out the workspace
+    # the page's load event hands out the workspace: from then on the page is live
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#workspace textarea").get_attribute("value").strip())
     # 1. type a prompt, two iterations of two candidates on two seeds, the rule-based proposer
     _set(browser, "#prompt textarea", PROMPT)
     _set(browser, "#iterations input", "2")
@@ -133,7 +135,8 @@ def test_studio_runs_and_reopens_in_chromium(studio_server, browser, tmp_path):
     browser.find_element(By.XPATH, "//*[@id='proposer']//label[contains(., 'rules')]").click()
     browser.find_element(By.CSS_SELECTOR, "#run-btn").click()
     # 2. it streams and finishes: images, scores and the best prompt are on the page
-    status = _wait_text(browser, "#status", "finished", timeout=300)
+    _wait_text(browser, "#status", "run", timeout=120)  # it started
+    status = _wait_text(browser, "#status", "finished", timeout=480)
     assert "best objective" in status
     imgs = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
     assert len(imgs) >= 6, f"expected the images of 3 candidates x 2 seeds, found {len(imgs)}"
