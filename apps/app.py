@@ -108,7 +108,6 @@ def status_line(view: dict, note: str = "") -> str:
 def build_app(studio: Studio):
     """The Gradio Blocks of the studio (launch it with :func:`serve`)."""
     import gradio as gr
-    from mmopt.presets import available_presets
 
     sessions = Sessions()
 
@@ -298,7 +297,7 @@ def build_app(studio: Studio):
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=4,
                                 placeholder="a red circle to the left of a blue square")
-            preset = gr.Dropdown(available_presets(), value=studio.default_preset, label="Preset", scale=1)
+            preset = gr.Dropdown(studio.presets(), value=studio.default_preset, label="Preset", scale=1)
         with gr.Row():
             run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
             stop_btn = gr.Button("Stop", elem_id="stop-btn")

@@ -72,7 +72,7 @@ _PATHLIKE = re.compile(r"(^[/~.\\])|(\.\.)|(^[A-Za-z]:\\)")
 
 
 def check_no_paths(obj: Any, where: str = "the preset") -> None:
-    """ValueError when a value the user edited names a file or folder on the server.
+    """ValueError when a value the user edited names a file or folder on the server, or a URL.
 
     Hub ids (``org/model``) and registry names are fine; ``/x``, ``~/x``, ``./x``,
     ``..`` are not: nothing typed in the studio reaches a path outside its runs.
@@ -82,6 +82,9 @@ def check_no_paths(obj: Any, where: str = "the preset") -> None:
         if _PATHLIKE.search(rest) or _PATHLIKE.search(obj):
             raise ValueError(f"{where} may not name files on the server, got {obj!r}; use registry names "
                              "and hub ids (e.g. 'clip:ViT-B-32/openai')")
+        if "://" in obj:  # e.g. an LLM endpoint: the server would connect wherever a visitor says
+            raise ValueError(f"{where} may not name network addresses, got {obj!r}; set them in a preset "
+                             "file on the server (mmopt app --preset my.json)")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             check_no_paths(v, where)
@@ -258,13 +261,19 @@ class Studio:
         self.studio_dir = self.out / "studio"
         self.studio_dir.mkdir(exist_ok=True)
 
+    def presets(self) -> list[str]:
+        """The shipped presets and the one the server was started with (which may be a file)."""
+        from mmopt.presets import available_presets
+
+        return list(dict.fromkeys([*available_presets(), self.default_preset]))
+
     # ---- what a run is ----------------------------------------------------
     def spec(self, options: RunOptions, picks: list[dict]):
         """The checked RunSpec of ``options`` (a bad value: ValueError before anything loads)."""
-        from mmopt.presets import available_presets, load_preset, resolve
+        from mmopt.presets import load_preset, resolve
 
-        if options.preset not in available_presets():
-            raise ValueError(f"unknown preset {options.preset!r}; available: {', '.join(available_presets())}")
+        if options.preset not in self.presets():
+            raise ValueError(f"unknown preset {options.preset!r}; available: {', '.join(self.presets())}")
         preset = load_preset(options.preset)
         check_no_paths(options.preset_edits, "the edited preset")
         preset.update(options.preset_edits)

@@ -190,7 +190,7 @@ def test_uploads_are_checked_by_content_and_size(tmp_path):
 def test_typed_values_never_name_server_paths():
     check_no_paths({"generator": "diffusers:stabilityai/sd-turbo", "scorers": ["clip:ViT-B-32/openai"]})
     for bad in ("diffusers:/etc/x", "clip:~/models", "../../x", {"kwargs": {"questions": "/data/a.csv"}},
-                "dsg:./local"):
+                "dsg:./local", "openai:m@http://10.0.0.1:8000/v1"):
         with pytest.raises(ValueError):
             check_no_paths(bad)
 
