@@ -24,7 +24,7 @@ from mmopt.types import (  # noqa: E402
     VQAAnswer,
     VQAModel,
 )
-from mmopt.errors import LLMError  # noqa: E402, MissingExtraError, MmoptError, ModelLoadError
+from mmopt.errors import LLMError, MissingExtraError, MmoptError, ModelLoadError  # noqa: E402
 from mmopt.registry import create, register  # noqa: E402
 
 __version__ = "0.1.0"
