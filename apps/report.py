@@ -1,12 +1,24 @@
-"""A small self-contained HTML page of one run: images (clips play as GIFs) and scores per iteration.
+"""Self-contained HTML pages: one run (:func:`write_report`; clips play as GIFs) or one batch
+(:func:`write_batch_report`).
 
-The page lives in the run's folder (``OUT/runs/<run_id>/report.html``) and
+A run's page lives in the run's folder (``OUT/runs/<run_id>/report.html``) and
 links the PNGs beside it by relative path, so the folder can be zipped or
-served as it is.
+served as it is: every iteration's prompts, images and scores, the original
+and the best prompt side by side on the same seeds, the score trajectory
+(a matplotlib PNG embedded in the page), the word diff of the best prompt
+against the original and the failed DSG questions of every candidate.
+
+A batch's page (``OUT/report.html``) has per-category tables and plots, the
+gain distribution and the best and worst prompts. Every prompt is
+HTML-escaped; nothing needs a server.
 """
 from __future__ import annotations
 
+import base64
+import difflib
 import html
+import io
+import json
 from pathlib import Path
 
 from mmopt.optimizer import choose_best
@@ -99,10 +111,211 @@ def write_report(store: Store, run_id: str) -> Path:
             + f"<td>{imgs}</td></tr>"
         )
     parts.append("</table>")
+    parts.extend(_run_extras(store, run_id, trials, best, original, summary))
     if missing_total:
         parts.append(f"<p class='bad'>{missing_total} media file(s) are missing from disk; run the same command "
                      "again to restore them.</p>")
     parts.append("</body></html>")
     path = run_dir / "report.html"
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+def word_diff_html(old: str, new: str) -> str:
+    """``new`` against ``old`` word by word: removed words struck through, added ones marked.
+
+    >>> word_diff_html("a red cube", "a big red cube")
+    'a <ins>big</ins> red cube'
+    """
+    a, b = old.split(), new.split()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(a[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(f"<del>{html.escape(' '.join(a[i1:i2]))}</del>")
+        if j2 > j1:
+            out.append(f"<ins>{html.escape(' '.join(b[j1:j2]))}</ins>")
+    return " ".join(out)
+
+
+def _png_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure():
+    """A matplotlib figure on the Agg backend (no display), or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure(figsize=(6, 3))
+
+
+def trajectory_png(trials) -> str | None:
+    """The score trajectory of a run as an embeddable PNG (data URI): every trial's objective
+    by iteration, and the best feasible objective so far."""
+    fig = _figure()
+    if fig is None:
+        return None
+    from mmopt.optimizer import choose_best
+
+    ax = fig.add_subplot(1, 1, 1)
+    its = sorted({t.iteration for t in trials})
+    ax.scatter([t.iteration for t in trials], [t.objective for t in trials], s=14, alpha=0.6,
+               c=["tab:blue" if t.feasible else "tab:red" for t in trials], label="candidates")
+    best = [choose_best([t for t in trials if t.iteration <= i]).objective for i in its]
+    ax.plot(its, best, color="tab:green", marker="o", label="best so far")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("objective")
+    ax.set_xticks(its)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png_data_uri(fig)
+
+
+def _img(store, run_id: str, g: dict, rel_to: Path) -> str:
+    raw_title = f"seed {g['seed']}: " + ", ".join(f"{k}={v:.3f}" for k, v in g["scores"].items())
+    if (len(g["paths"]) > 1 or "fps" in g["meta"]) and not g["missing"]:  # a clip plays, as in the table
+        return clip_cell(store, run_id, g, raw_title)
+    title = html.escape(raw_title)
+    for p in g["paths"][:1]:
+        if p in g["missing"]:
+            return f"<span class='bad' title='{title}'>missing</span>"
+        return f"<img src='{html.escape(str(Path(p).relative_to(rel_to)))}' title='{title}'>"
+    return "<span>(no media)</span>"
+
+
+def _run_extras(store, run_id: str, trials, best, original, summary: dict) -> list[str]:
+    """The sections after the trial table: side by side, trajectory, diff, failed questions."""
+    rel = Path("runs") / run_id
+    parts = ["<h2>Original and best on the same seeds</h2>"]
+    orig_g = {g["seed"]: g for g in store.load_generations(run_id, original.index)}
+    best_g = {g["seed"]: g for g in store.load_generations(run_id, best.index)}
+    parts.append("<table><tr><th>seed</th><th>original</th><th>best</th></tr>")
+    for seed in sorted(orig_g):
+        cell_b = _img(store, run_id, best_g[seed], rel) if seed in best_g else ""
+        parts.append(f"<tr><td>{seed}</td><td>{_img(store, run_id, orig_g[seed], rel)}</td><td>{cell_b}</td></tr>")
+    parts.append("</table>")
+    parts.append("<h2>Best prompt against the original</h2><p class='diff'><code>"
+                 + word_diff_html(original.prompt, best.prompt) + "</code></p>")
+    uri = trajectory_png(trials)
+    parts.append("<h2>Score trajectory</h2>" + (f"<img class='plot' src='{uri}' alt='score trajectory'>" if uri
+                                               else "<p>(install matplotlib for the plot)</p>"))
+    rows = []
+    for t in trials:
+        failed = t.failed_questions()
+        if failed:
+            rows.append(f"<tr><td>{t.index}</td><td><code>{html.escape(t.prompt)}</code></td><td>"
+                        + "<br>".join(f"{html.escape(q)} ({frac:.0%} of seeds)" for q, frac in failed) + "</td></tr>")
+    parts.append("<h2>Failed questions per candidate</h2>" + (
+        "<table><tr><th>#</th><th>prompt</th><th>failed questions</th></tr>" + "".join(rows) + "</table>"
+        if rows else "<p>No DSG question failed (or the run has no DSG scorer).</p>"))
+    return parts
+
+
+# --------------------------------------------------------------------------- batch report
+
+_BATCH_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+              "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:4px 8px;"
+              "vertical-align:top}img{image-rendering:pixelated;width:64px;height:64px;margin:1px}"
+              "img.plot{width:auto;height:auto}code{white-space:pre-wrap}.bad{color:#a00}")
+
+
+def _fmt_ci(ci) -> str:
+    return "" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _gain_plots(done: list[dict], per_cat: dict) -> tuple[str | None, str | None]:
+    fig = _figure()
+    if fig is None or not done:
+        return None, None
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist([r["gain"] for r in done], bins=30, color="tab:blue", alpha=0.7, label="search seeds")
+    held = [r["heldout_gain"] for r in done if r.get("heldout_gain") is not None]
+    if held:
+        ax.hist(held, bins=30, color="tab:orange", alpha=0.5, label="held-out seeds")
+    ax.set_xlabel("gain (best - original objective)")
+    ax.set_ylabel("prompts")
+    ax.legend(fontsize=8)
+    hist = _png_data_uri(fig)
+    fig2 = _figure()
+    fig2.set_size_inches(7, max(2.5, 0.35 * len(per_cat) + 1))
+    ax2 = fig2.add_subplot(1, 1, 1)
+    cats = list(per_cat)
+    means = [per_cat[c]["mean_gain"] or 0.0 for c in cats]
+    errs = [[m - (per_cat[c]["gain_ci95"] or [m, m])[0] for c, m in zip(cats, means)],
+            [(per_cat[c]["gain_ci95"] or [m, m])[1] - m for c, m in zip(cats, means)]]
+    ax2.barh(cats, means, xerr=errs, color="tab:green", alpha=0.7)
+    ax2.set_xlabel("mean gain, 95% paired bootstrap CI")
+    ax2.invert_yaxis()
+    return hist, _png_data_uri(fig2)
+
+
+def write_batch_report(batch_dir: str | Path, *, n_extremes: int = 10) -> Path:
+    """Write ``report.html`` for a batch folder (``results.jsonl`` + ``summary.json``); its path."""
+    root = Path(batch_dir)
+    res, summ = root / "results.jsonl", root / "summary.json"
+    if not res.is_file() or not summ.is_file():
+        raise ValueError(f"{str(root)!r} is not a batch folder (no results.jsonl and summary.json)")
+    records = [json.loads(line) for line in res.read_text(encoding="utf-8").splitlines() if line.strip()]
+    s = json.loads(summ.read_text(encoding="utf-8"))
+    done = [r for r in records if r.get("status") == "done"]
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mmopt batch</title><style>", _BATCH_CSS,
+             "</style></head><body>", f"<h1>mmopt batch <code>{e(str(root))}</code></h1>",
+             f"<p>Input <code>{e(s['source'])}</code> ({e(s['format'])}): {s['rows_read']} rows, "
+             f"{s['bad_rows']} bad rows skipped, {s['filtered_out']} filtered out, {s['selected']} selected; "
+             f"{s['done']} done, {s['failed']} failed, {s['not_finished']} not finished; {s['images']} images.</p>"]
+    o = s.get("overall")
+    if o:
+        parts.append(f"<p><b>Mean gain</b> on the search seeds {o['mean_gain']:+.4f} {_fmt_ci(o['gain_ci95'])}"
+                     + (f"; on held-out seeds {o['mean_heldout_gain']:+.4f} {_fmt_ci(o['heldout_gain_ci95'])}"
+                        if o.get("n_heldout") else "") + " (95% paired bootstrap over prompts).</p>")
+    parts.append("<h2>Per category</h2><table><tr><th>category</th><th>n</th><th>original</th><th>best</th>"
+                 "<th>gain (search)</th><th>95% CI</th><th>held-out original</th><th>held-out best</th>"
+                 "<th>gain (held-out)</th></tr>")
+    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    for cat, g in s.get("per_category", {}).items():
+        parts.append(f"<tr><td>{e(cat)}</td><td>{g['n']}</td><td>{f(g['mean_original'])}</td><td>{f(g['mean_best'])}"
+                     f"</td><td>{g['mean_gain']:+.4f}</td><td>{_fmt_ci(g['gain_ci95'])}</td>"
+                     f"<td>{f(g['mean_heldout_original'])}</td><td>{f(g['mean_heldout_best'])}</td>"
+                     f"<td>{'-' if g['mean_heldout_gain'] is None else format(g['mean_heldout_gain'], '+.4f')}</td></tr>")
+    parts.append("</table>")
+    hist, bars = _gain_plots(done, s.get("per_category", {}))
+    if hist:
+        parts.append(f"<h2>Gain distribution</h2><img class='plot' src='{hist}' alt='gain histogram'>"
+                     f"<h2>Mean gain per category</h2><img class='plot' src='{bars}' alt='gain per category'>")
+
+    def table(title: str, rows: list[dict]) -> None:
+        parts.append(f"<h2>{e(title)}</h2><table><tr><th>line</th><th>category</th><th>prompt</th>"
+                     "<th>best prompt</th><th>gain</th><th>images</th></tr>")
+        for r in rows:
+            imgs = "".join(f"<img src='{e(p)}' title='{e(Path(p).name)}'>" for p in r.get("image_files", []))
+            parts.append(f"<tr><td>{r['line']}</td><td>{e(r.get('category') or '')}</td>"
+                         f"<td><code>{e(r['prompt'])}</code></td><td><code>{word_diff_html(r['prompt'], r['best_prompt'])}"
+                         f"</code></td><td>{r['gain']:+.4f}</td><td>{imgs}</td></tr>")
+        parts.append("</table>")
+
+    ranked = sorted(done, key=lambda r: (r["gain"], -r["line"]))
+    table(f"Best {min(n_extremes, len(ranked))} prompts (largest gain)", ranked[::-1][:n_extremes])
+    table(f"Worst {min(n_extremes, len(ranked))} prompts (smallest gain)", ranked[:n_extremes])
+    failed = [r for r in records if r.get("status") != "done"]
+    if failed or s.get("bad_row_list"):
+        parts.append("<h2>Not optimized</h2><table><tr><th>line</th><th>why</th></tr>")
+        for r in failed:
+            parts.append(f"<tr><td>{r['line']}</td><td class='bad'>{e(r.get('reason', '?'))}</td></tr>")
+        for b in s.get("bad_row_list", []):
+            parts.append(f"<tr><td>{b['line']}</td><td class='bad'>bad row: {e(b['reason'])}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    path = root / "report.html"
     path.write_text("".join(parts), encoding="utf-8")
     return path

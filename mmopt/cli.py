@@ -30,6 +30,9 @@ COMMANDS: dict[str, str] = {
     "coop": "mmopt.commands.coop",
     "tpt": "mmopt.commands.tpt",
     "invert": "mmopt.commands.invert",
+    "batch": "mmopt.commands.batch",
+    "report": "mmopt.commands.report",
+    "app": "mmopt.commands.app",
 }
 
 EXIT_BAD_INPUT = 2

@@ -23,6 +23,12 @@ class LLMUnavailableError(LLMError):
     as interrupted (nothing finished is lost) so that a rerun resumes once the LLM is back."""
 
 
+class StopRequested(MmoptError):
+    """Raised by a callback (``cb(event, **info)``) to stop a run between trials. The loop
+    treats it like Ctrl-C: everything finished is stored, the run is marked "interrupted",
+    and running the same optimizer again resumes it."""
+
+
 class StoreError(MmoptError):
     """A run store cannot be used: a damaged database, a folder that cannot be written,
     a run another process is writing."""

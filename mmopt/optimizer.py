@@ -38,7 +38,7 @@ from mmopt.cache import Cache, content_key
 from mmopt.candidates import admit
 from mmopt.component import describe
 from mmopt.device import release_free_host_memory
-from mmopt.errors import LLMUnavailableError
+from mmopt.errors import LLMUnavailableError, StopRequested
 from mmopt.evaluator import Evaluated, Evaluator, Executors
 from mmopt.objective import Objective
 from mmopt.store import Store, check_run_id
@@ -487,7 +487,7 @@ class Optimizer:
                 if self.final_generator is not None else None
             heldout = self._rescore(run, [original, best], self.heldout_seeds, None, "heldout") \
                 if self.heldout_seeds else None
-        except (KeyboardInterrupt, LLMUnavailableError):
+        except (KeyboardInterrupt, LLMUnavailableError, StopRequested):
             # Everything finished is committed; the rerun resumes here.
             run.close()
             if self.store:

@@ -153,16 +153,19 @@ def resolve(preset: dict, **overrides: Any) -> RunSpec:
 
 
 def build_optimizer(preset: dict | RunSpec, *, store=None, seed: int = 0, callbacks=(), protected=(),
-                    **overrides: Any):
+                    cache=None, **overrides: Any):
     """An ``Optimizer`` from a preset dict (or a resolved ``RunSpec``); ``overrides`` (non-None)
-    replace preset values. Everything is validated before the first model loads."""
+    replace preset values. Everything is validated before the first model loads.
+    ``cache``: a ``Cache`` to use instead of ``<store>/cache.sqlite`` (e.g. one per process
+    when several processes share a store)."""
     from mmopt import registry
     from mmopt.cache import Cache
     from mmopt.objective import Objective
     from mmopt.optimizer import Optimizer
 
     spec = preset if isinstance(preset, RunSpec) else resolve(preset, **overrides)
-    cache = Cache(store.root / "cache.sqlite") if store is not None else None
+    if cache is None:
+        cache = Cache(store.root / "cache.sqlite") if store is not None else None
     context = registry.RunContext(llm=spec.llm, cache=cache, store=store)
     generator = registry.create("generator", spec.generator, context=context)
     scorers = [registry.create("scorer", s, context=context) for s in spec.scorers]

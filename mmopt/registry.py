@@ -54,6 +54,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "motion": "mmopt.scorers.video:motion_from_name",
         "accuracy": "mmopt.prompt_learning.glov:accuracy_from_name",
         "imagesim": "mmopt.prompt_learning.pez:image_similarity_from_name",
+        "human": "mmopt.scorers.human:from_name",
+        "terms": "mmopt.scorers.terms:from_name",
     },
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
@@ -72,6 +74,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "opt2i": "mmopt.proposers.opt2i:from_name",
         "rules": "mmopt.proposers.rules:from_name",
         "fixed": "mmopt.proposers.fixed:from_name",
+        "queue": "mmopt.proposers.queue:from_name",
     },
     "strategy": {
         "topk": "mmopt.strategies:topk",

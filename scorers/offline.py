@@ -31,8 +31,9 @@ def from_name(rest: str, **kwargs: Any):
         from mmopt.scorers.dsg import DSGScorer
         from mmopt.shapesworld.parse import dsg_questions
 
-        return DSGScorer(registry.create("vqa", "shapes"), questions=dsg_questions,
-                         name="offline:dsg", **kwargs)
+        # questions= (a mapping prompt -> questions, e.g. a batch's GenEval annotations) replaces the parser
+        questions = kwargs.pop("questions", None) or dsg_questions
+        return DSGScorer(registry.create("vqa", "shapes"), questions=questions, name="offline:dsg", **kwargs)
     if rest == "dsg-video":
         from mmopt import registry
         from mmopt.scorers.dsg import DSGScorer

@@ -20,6 +20,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import mmopt` sets it; here before any test imports torch
 
 
 def pytest_collection_modifyitems(config, items):
