@@ -51,6 +51,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "frames": "mmopt.scorers.video:frames_from_name",
         "temporal": "mmopt.scorers.video:temporal_from_name",
         "motion": "mmopt.scorers.video:motion_from_name",
+        "intent": "mmopt.scorers.intent:from_name",
     },
     "vqa": {
         "blip": "mmopt.scorers.vqa:blip_from_name",
@@ -73,6 +74,10 @@ BUILTINS: dict[str, dict[str, str]] = {
     "strategy": {
         "topk": "mmopt.strategies:topk",
         "beam": "mmopt.strategies:beam",
+        "greedy": "mmopt.strategies:greedy",
+        "halving": "mmopt.strategies:halving",
+        "ucb": "mmopt.strategies:ucb",
+        "evolve": "mmopt.strategies:evolve",
     },
 }
 
