@@ -70,6 +70,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "opt2i": "mmopt.proposers.opt2i:from_name",
         "rules": "mmopt.proposers.rules:from_name",
         "fixed": "mmopt.proposers.fixed:from_name",
+        "edits": "mmopt.proposers.edits:from_name",
     },
     "strategy": {
         "topk": "mmopt.strategies:topk",

@@ -236,8 +236,9 @@ class BeamHistory(SearchStrategy):
 def shrunk_mean(trial: Trial, prior: float, strength: float) -> float:
     """``trial``'s mean objective pulled towards ``prior`` as if ``strength`` seeds had scored it.
 
-    One lucky seed must not outrank a candidate measured on four: with strength 1, a
-    1-seed 1.0 against a prior of 0.6 counts as 0.8.
+    One lucky seed must not outrank a candidate measured on four: with strength 4, a
+    1-seed 1.0 against a prior of 0.6 counts as 0.68 (per-image scores vary far more
+    between seeds than prompts differ, so a few seeds say little).
     """
     n = n_seeds(trial)
     return (n * float(trial.objective) + strength * prior) / (n + strength)
@@ -251,7 +252,7 @@ class _SeedAllocating(SearchStrategy):
     on fresh seeds by default (a 1-seed score is no winner's score).
     """
 
-    def __init__(self, *, k: int = 10, prior_strength: float = 1.0, confirm: int | None = 2,
+    def __init__(self, *, k: int = 10, prior_strength: float = 4.0, confirm: int | None = 2,
                  confirm_seeds: int = 4):
         super().__init__(confirm=confirm, confirm_seeds=confirm_seeds)
         _check_int(k, "history size k", 1)
@@ -276,9 +277,6 @@ class _SeedAllocating(SearchStrategy):
 
         return sorted(sorted(trials, key=key, reverse=True)[:self.k], key=key)
 
-    def finalists(self, trials: Sequence[Trial], k: int) -> list[Trial]:
-        # the best-measured first: a trial with the most seeds and a high shrunk mean
-        return super().finalists(trials, k)
 
 
 class SuccessiveHalving(_SeedAllocating):
@@ -332,15 +330,40 @@ class SuccessiveHalving(_SeedAllocating):
                     promote[t.index] = r_high
         # 2. pay promotions first (best rung first), within the images left
         left = view.images_left
+        by_index = {t.index: t for t in live}
         rescore = []
         for idx, k in sorted(promote.items(), key=lambda kv: (-kv[1], kv[0])):
-            cost = k - n_seeds(next(t for t in live if t.index == idx))
+            cost = k - n_seeds(by_index[idx])
             if left is not None and cost > left:
                 continue
             rescore.append((idx, k))
             left = None if left is None else left - cost
+        # 3. newcomers only while the best of them could still be brought to the top rung;
+        #    near the end of the budget the best unfinished trials are finished instead
         new = self.new if self.new is not None else view.candidates
-        return Plan(tuple(rescore), new=new, seeds=min(self.min_seeds, view.pool))
+        start = min(self.min_seeds, view.pool)
+        if left is not None:
+            finish = self.eta * (rungs[-1] - start)
+            new = min(new, max(0, (left - finish) // start))
+            if new == 0:
+                prior = self._prior(view.trials)
+                planned = {idx for idx, _ in rescore}
+                unfinished = sorted((t for t in live if n_seeds(t) < rungs[-1] and t.index not in planned),
+                                    key=lambda t: (shrunk_mean(t, prior, self.prior_strength), -t.index),
+                                    reverse=True)
+                for t in unfinished:
+                    cost = rungs[-1] - n_seeds(t)
+                    if cost <= left:
+                        rescore.append((t.index, rungs[-1]))
+                        left -= cost
+        return Plan(tuple(rescore), new=new, seeds=start)
+
+    def finalists(self, trials: Sequence[Trial], k: int) -> list[Trial]:
+        """The best trials that reached the top rung first (a 1-seed score is a first look only)."""
+        top = max((n_seeds(t) for t in trials if t.index == 0), default=1)
+        top = self.max_seeds or top
+        pool = [t for t in trials if t.feasible and t.index != 0 and n_seeds(t) > 0]
+        return sorted(pool, key=lambda t: (n_seeds(t) >= top, self.estimate(t, trials), -t.index), reverse=True)[:k]
 
 
 class UCBBandit(_SeedAllocating):
