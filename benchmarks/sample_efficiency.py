@@ -175,10 +175,12 @@ def run_prompt(prompt: str, method: str, args, components: dict) -> dict:
         if result.selection:
             fresh = next(r["fresh"] for r in result.selection if r["index"] == best.index)
         search = best.objective if ok else result.original.objective
+        # what the run reports for its choice: after an honest selection, its score on seeds that
+        # chose nothing (Result.estimate); otherwise the search-seed score it was chosen on
+        reported = result.estimate if (ok and result.estimate is not None) else search
         fallback = sum(1 for t in result.trials if t.meta.get("origin") == "fallback")
         rows.append({"budget": b, "best_prompt": chosen.text, "best_negative": chosen.negative,
-                     "search": search, "fresh": fresh if ok else None,
-                     "reported": (fresh if fresh is not None else search) if ok else search,
+                     "search": search, "fresh": fresh if ok else None, "reported": reported,
                      "heldout": held(chosen), "original_heldout": held(result.original.candidate),
                      "intent_ok": ok, "images": result.images, "trials": len(result.trials),
                      "llm_calls": result.llm_calls, "fallback": fallback, "seconds": round(time.time() - t1, 1)})
@@ -231,8 +233,8 @@ def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tu
             cells = [f"{mean:+.3f} ± {se:.3f} ({_wtl(diffs[b])})"
                      for b, (mean, se) in zip(budgets, (_mean_se(diffs[b]) for b in budgets))]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {len(recs)} |")
-    # The winner's curse: what the search reports for its choice (the fresh-seed score after an
-    # honest selection, else the search-seed score) minus the chosen prompt's held-out score.
+    # The winner's curse: what the search reports for its choice (after an honest selection its
+    # score on seeds that chose nothing, else the search-seed score) minus its held-out score.
     lines += ["", "Optimism of the search (the score the search reports for its chosen prompt - its held-out "
               "score; search-seed score alone in brackets):", "",
               "| method | " + " | ".join(f"{b} images" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]

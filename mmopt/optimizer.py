@@ -145,6 +145,18 @@ class Result:
     timings: dict = field(default_factory=dict)
     # honest selection: the finalists with their search-seed and fresh-seed scores (None: not asked for)
     selection: list[dict] | None = None
+    llm_tokens: int = 0
+    scorers: int = 1
+
+    @property
+    def ledger(self) -> dict:
+        """What the run spent, in one place: images, LLM calls and tokens, scores computed,
+        seconds per stage (rendering and scoring are the device's), wall time."""
+        t = self.timings
+        return {"images": self.images, "llm_calls": self.llm_calls, "llm_tokens": self.llm_tokens,
+                "scores": self.images * self.scorers,
+                "device_s": round(t.get("generate", 0.0) + t.get("score", 0.0), 2),
+                "propose_s": round(t.get("propose", 0.0), 2), "wall_s": round(self.wall_time_s, 2)}
 
     @property
     def best_prompt(self) -> str:
@@ -163,6 +175,14 @@ class Result:
     def gain(self) -> float:
         """Best (feasible) objective minus the original's, on the search seeds."""
         return self.best.objective - self.original.objective
+
+    @property
+    def estimate(self) -> float | None:
+        """The winner's objective on seeds that took no part in choosing it (honest selection only):
+        the report seeds, or the original's search seeds when the original won. None without it."""
+        if not self.selection:
+            return None
+        return next(row["estimate"] for row in self.selection if row["winner"])
 
     @property
     def confirmed_gain(self) -> float | None:
@@ -190,11 +210,12 @@ class Result:
             "gain": self.gain, "feasible": self.feasible, "original_feasible": self.original_feasible,
             "best_scores": self.best.scores, "original_scores": self.original.scores, "best_index": self.best.index,
             "trials": len(self.trials), "images": self.images, "llm_calls": self.llm_calls,
-            "stopped": self.stopped, "trajectory": self.trajectory,
+            "stopped": self.stopped, "trajectory": self.trajectory, "ledger": self.ledger,
             **({"final": {k: short(t) for k, t in self.final.items()}} if self.final else {}),
             **({"heldout": {k: short(t) for k, t in self.heldout.items()}, "heldout_gain": self.heldout_gain,
                 "heldout_seeds": self.heldout["best"].meta.get("seeds")} if self.heldout else {}),
-            **({"selection": self.selection, "confirmed_gain": self.confirmed_gain} if self.selection else {}),
+            **({"selection": self.selection, "confirmed_gain": self.confirmed_gain, "estimate": self.estimate}
+               if self.selection else {}),
         }
 
 
@@ -210,14 +231,23 @@ def choose_best(trials: Sequence[Trial]) -> Trial:
 
 @dataclass
 class _Tally:
-    """LLM calls and recorded proposer failures (a run's, or one lookahead proposal's)."""
+    """LLM calls and tokens, and recorded proposer failures (a run's, or one lookahead proposal's)."""
 
     llm_calls: int = 0
     failures: list[dict] = field(default_factory=list)
+    llm_tokens: int = 0
 
     def add(self, other: "_Tally") -> None:
         self.llm_calls += other.llm_calls
+        self.llm_tokens += other.llm_tokens
         self.failures.extend(other.failures)
+
+
+def _tokens(meta: dict) -> int:
+    """The LLM tokens (prompt and completion) a stored proposal reports having cost."""
+    usage = ((meta.get("proposer_stats") or {}).get("llm_usage")) or {}
+    return int(sum(v for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens")
+                   and isinstance(v, (int, float))))
 
 
 @dataclass
@@ -419,21 +449,30 @@ class Optimizer:
         self.prescreen = bool(prescreen)
         self.fallback = fallback
         confirm = getattr(self.strategy, "confirm", None)
-        self.confirm = (int(confirm), int(getattr(self.strategy, "confirm_seeds", 4))) if confirm else None
-        # the seed pool: the search seeds, then more for strategies that give survivors more
+        if confirm:
+            cs = int(getattr(self.strategy, "confirm_seeds", 4))
+            rs = getattr(self.strategy, "report_seeds", None)
+            self.confirm: tuple[int, int, int] | None = (int(confirm), cs, cs if rs is None else int(rs))
+        else:
+            self.confirm = None
+        # the seed pool: the search seeds, then more for strategies that give survivors more;
+        # fresh seeds (the confirmation's, then the report's) are neither
         taken = set(self.seeds) | set(self.heldout_seeds or ())
-        self.fresh_seeds = list(itertools.islice((s for s in itertools.count(FRESH_SEED_BASE) if s not in taken),
-                                                 self.confirm[1] if self.confirm else 0))
-        taken |= set(self.fresh_seeds)
+        fresh = list(itertools.islice((s for s in itertools.count(FRESH_SEED_BASE) if s not in taken),
+                                      (self.confirm[1] + self.confirm[2]) if self.confirm else 0))
+        self.fresh_seeds = fresh[:self.confirm[1]] if self.confirm else []
+        self.report_seeds = fresh[self.confirm[1]:] if self.confirm else []
+        taken |= set(fresh)
         self.pool = self.seeds + list(itertools.islice(
             (s for s in itertools.count(max(self.seeds) + 1) if s not in taken), POOL_EXTRA))
         if self.confirm and budget.images is not None:
-            reserve = (self.confirm[0] + 1) * self.confirm[1]
+            reserve = self._reserve()
             if budget.images < reserve + len(self.seeds):
                 raise ValueError(f"Budget(images={budget.images}) cannot pay for the search and its confirmation: "
                                  f"the original needs {len(self.seeds)} images and the confirmation "
                                  f"{reserve} ({self.confirm[0]} finalists and the original on {self.confirm[1]} "
-                                 f"fresh seeds); give more images or a smaller confirm")
+                                 f"fresh seeds, the winner on {self.confirm[2]} more); give more images or a "
+                                 "smaller confirm")
         self.evaluator = Evaluator(generator, self.scorers, self.objective, cache=self.cache, workers=workers,
                                    overlap=overlap)
         self.workers = workers
@@ -469,6 +508,19 @@ class Optimizer:
             **({"prescreen": True} if self.prescreen else {}),
             **({"fallback": describe(self.fallback)} if self.fallback is not None else {}),
         }
+
+    def projection(self) -> dict:
+        """The budget a run may spend, known before it starts (what ``mmopt optimize`` prints first):
+        images (and the share kept for the confirmation), iterations, LLM calls."""
+        reserve = self._reserve()
+        if self.budget.images is not None:
+            images = self.budget.images
+        else:
+            images = len(self.seeds) + (self.budget.iterations - 1) * self.candidates * len(self.seeds) + reserve
+        return {"images": images, "confirmation_images": reserve, "iterations": self.budget.iterations,
+                "llm_calls": self.budget.llm_calls, "proposals": self.budget.iterations - 1,
+                "wall_time_s": self.budget.wall_time_s, "seeds": len(self.seeds),
+                "heldout_images": 2 * len(self.heldout_seeds or ())}
 
     def _emit(self, event: str, **info) -> None:
         for cb in self.callbacks:
@@ -564,7 +616,8 @@ class Optimizer:
                 # 6. bookkeeping: trajectory of the leader (the best feasible objective), early stopping
                 best = self._leader(run.trials)
                 trajectory.append(best.objective)
-                self._emit("iteration", iteration=iteration, best=best, trials=run.trials, run_id=run_id)
+                self._emit("iteration", iteration=iteration, best=best, trials=run.trials, run_id=run_id,
+                           images=run.images)
                 if best.objective > best_so_far + 1e-12:
                     best_so_far, stale = best.objective, 0
                 elif iteration > 0:
@@ -607,7 +660,7 @@ class Optimizer:
             trajectory=trajectory, stopped=stopped, images=run.images, llm_calls=run.tally.llm_calls,
             wall_time_s=time.monotonic() - run.started, out_dir=str(self.store.root) if self.store else None,
             failures=run.tally.failures, final=final, heldout=heldout, timings=dict(run.timings),
-            selection=selection,
+            selection=selection, llm_tokens=run.tally.llm_tokens, scorers=len(self.scorers),
         )
         self.timings = dict(run.timings)
         if self.store:
@@ -623,11 +676,12 @@ class Optimizer:
             seeds = t.meta.get("seeds")
             total += len(seeds) if isinstance(seeds, list) else len(self.seeds)
             total += len((t.meta.get("confirm") or {}).get("seeds") or [])
+            total += len((t.meta.get("report") or {}).get("seeds") or [])
         return total
 
     def _reserve(self) -> int:
         """Images set aside for the confirmation (the finalists and the original on fresh seeds)."""
-        return (self.confirm[0] + 1) * self.confirm[1] if self.confirm else 0
+        return (self.confirm[0] + 1) * self.confirm[1] + self.confirm[2] if self.confirm else 0
 
     def _images_left(self, images_so_far: int) -> int | None:
         if self.budget.images is None:
@@ -754,6 +808,7 @@ class Optimizer:
         if stored is not None:
             cands, meta = stored
             tally.llm_calls += meta.get("llm_calls", 0)
+            tally.llm_tokens += _tokens(meta)
             if meta.get("failure"):
                 tally.failures.append(meta["failure"])
             self._remember_rejected(run, meta)
@@ -788,9 +843,14 @@ class Optimizer:
                     meta["proposer_stats"] = stats
             if meta.get("errors"):
                 meta["failure"] = {"iteration": iteration, "error": "; ".join(meta["errors"])}
-            admitted = admit(raw_own, len(raw_own), seen=seen, protected=run.protected, generator=self.generator)
-            for _, m in admitted:
-                m["origin"] = "strategy"
+            # the strategy's candidates may carry their own meta, (candidate, dict): kept with the trial
+            admitted = []
+            for item in raw_own:
+                cand, extra = item if isinstance(item, tuple) and len(item) == 2 else (item, {})
+                got = admit([cand], 1, seen=seen + [c for c, _ in admitted], protected=run.protected,
+                            generator=self.generator)
+                for c, m in got:
+                    admitted.append((c, {**m, **(extra if isinstance(extra, dict) else {}), "origin": "strategy"}))
             admitted += admit(raw, n - len(admitted), seen=seen + [c for c, _ in admitted], protected=run.protected,
                               generator=self.generator)
             admitted = self._screened(run, admitted, screen, meta)
@@ -813,6 +873,7 @@ class Optimizer:
             tally.failures.append(meta["failure"])
         meta["per_prompt"] = [m for _, m in admitted]
         tally.llm_calls += meta["llm_calls"]
+        tally.llm_tokens += _tokens(meta)
         if self.store:
             self.store.save_proposals(run.run_id, iteration, [c for c, _ in admitted], meta)
         return admitted
@@ -898,7 +959,7 @@ class Optimizer:
         resumed run re-renders nothing; the winner ranks by (feasible on both, fresh objective,
         earlier index): the original wins ties.
         """
-        k, _ = self.confirm
+        k = self.confirm[0]
         original = next(t for t in run.trials if t.index == 0)
         picks = getattr(self.strategy, "finalists", None)
         chosen = (picks if callable(picks) else _top_finalists)(run.trials, k)
@@ -917,11 +978,37 @@ class Optimizer:
             return (bool(t.feasible and c["feasible"]), c["objective"], -t.index)
 
         winner = max(finalists, key=key)
+        # the winner's score on seeds that chose nothing (the original's search seeds chose nothing)
+        if winner.index != 0 and self.report_seeds and \
+                (winner.meta.get("report") or {}).get("seeds") != self.report_seeds:
+            self._report_eval(run, winner, original)
+            winner = next(t for t in run.trials if t.index == winner.index)
         selection = [{"index": t.index, "prompt": t.prompt, "negative": t.negative, "search": t.objective,
                       "search_seeds": n_seeds(t), "fresh": t.meta["confirm"]["objective"],
                       "fresh_seeds": len(seeds), "feasible": bool(t.feasible and t.meta["confirm"]["feasible"]),
                       "winner": t.index == winner.index} for t in finalists]
+        for row in selection:
+            if row["winner"]:
+                report = winner.meta.get("report")
+                row["estimate"] = report["objective"] if (report and winner.index != 0) else winner.objective
+                row["estimate_seeds"] = len(report["seeds"]) if (report and winner.index != 0) else n_seeds(winner)
         return winner, selection
+
+    def _report_eval(self, run: _Run, winner: Trial, original: Trial) -> None:
+        """The winner on the report seeds (stored in its ``meta["report"]``)."""
+        t0 = time.perf_counter()
+        ev = self.evaluator.evaluate_all([winner.candidate], self.report_seeds, run.clean_intent,
+                                         baseline=original.scores, timings=run.timings)[0]
+        report = {"seeds": list(self.report_seeds), "objective": ev.evaluation.objective, "scores": ev.evaluation.means,
+                  "feasible": ev.evaluation.feasible}
+        trial = Trial(winner.index, winner.iteration, winner.prompt, winner.objective, winner.scores, winner.feasible,
+                      winner.feedback, meta={**winner.meta, "report": report}, details=winner.details,
+                      negative=winner.negative, payload=winner.payload)
+        if self.store:
+            self.store.save_trial(run.run_id, trial, ev.generations, ev.scores, ev.keys)
+        pos = next(i for i, x in enumerate(run.trials) if x.index == winner.index)
+        run.trials[pos] = trial
+        run.timings["confirm"] = run.timings.get("confirm", 0.0) + time.perf_counter() - t0
 
     def _confirm_eval(self, run: _Run, todo: list[Trial], seeds: list[int], original: Trial) -> None:
         """Evaluate ``todo`` on the fresh ``seeds`` (the original first: its means are the baseline)."""

@@ -71,6 +71,13 @@ BUILTINS: dict[str, dict[str, str]] = {
         "rules": "mmopt.proposers.rules:from_name",
         "fixed": "mmopt.proposers.fixed:from_name",
         "edits": "mmopt.proposers.edits:from_name",
+        "concepts": "mmopt.proposers.concepts:from_name",
+        "textgrad": "mmopt.proposers.textgrad:from_name",
+        "expand": "mmopt.proposers.expand:from_name",
+        "negative": "mmopt.proposers.negative:from_name",
+        "raw": "mmopt.proposers.negative:raw_from_name",
+        "mix": "mmopt.proposers.negative:mix_from_name",
+        "seeded": "mmopt.proposers.seeded:from_name",
     },
     "strategy": {
         "topk": "mmopt.strategies:topk",
@@ -79,6 +86,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "halving": "mmopt.strategies:halving",
         "ucb": "mmopt.strategies:ucb",
         "evolve": "mmopt.strategies:evolve",
+        "tpe": "mmopt.strategies:tpe",
     },
 }
 

@@ -147,22 +147,28 @@ class SearchStrategy(Configurable):
 
     ``confirm``: re-score the ``confirm`` best trials and the original on ``confirm_seeds``
     fresh seeds after the search and return the best on those (None: no confirmation,
-    the best on the search seeds wins). Subclasses call :meth:`_register` with their own
+    the best on the search seeds wins). The winner's own score is then measured on
+    ``report_seeds`` further seeds (default: ``confirm_seeds``; 0: none), which picked
+    nothing, so the score a run reports for its choice is not flattered by the choice
+    (``Result.estimate``; when the original wins, its search-seed score, which chose
+    nothing either). Subclasses call :meth:`_register` with their own
     settings; the confirmation settings join the record only when set, so a strategy
     without them keeps its identity (and its runs their ids).
     """
 
     name = "strategy"
 
-    def __init__(self, *, confirm: int | None = None, confirm_seeds: int = 4):
+    def __init__(self, *, confirm: int | None = None, confirm_seeds: int = 4, report_seeds: int | None = None):
         _check_int(confirm, "confirm (trials re-scored on fresh seeds)", 1, allow_none=True)
         _check_int(confirm_seeds, "confirm_seeds", 1)
+        _check_int(report_seeds, "report_seeds", 0, allow_none=True)
         self.confirm = confirm
         self.confirm_seeds = confirm_seeds
+        self.report_seeds = confirm_seeds if report_seeds is None else report_seeds
 
     def _register(self, **values: Any) -> None:
         if self.confirm is not None:
-            values.update(confirm=self.confirm, confirm_seeds=self.confirm_seeds)
+            values.update(confirm=self.confirm, confirm_seeds=self.confirm_seeds, report_seeds=self.report_seeds)
         self.register_config(**values)
 
     # the hooks, with the plain behaviour
@@ -253,8 +259,8 @@ class _SeedAllocating(SearchStrategy):
     """
 
     def __init__(self, *, k: int = 10, prior_strength: float = 4.0, confirm: int | None = 2,
-                 confirm_seeds: int = 4):
-        super().__init__(confirm=confirm, confirm_seeds=confirm_seeds)
+                 confirm_seeds: int = 4, report_seeds: int | None = None):
+        super().__init__(confirm=confirm, confirm_seeds=confirm_seeds, report_seeds=report_seeds)
         _check_int(k, "history size k", 1)
         if isinstance(prior_strength, bool) or not isinstance(prior_strength, (int, float)) or prior_strength < 0:
             raise ValueError(f"prior_strength must be a number >= 0, got {prior_strength!r}")
@@ -523,8 +529,105 @@ class Evolution(SearchStrategy):
         return out
 
 
+# ----------------------------------------------------------------------------- TPE over discrete choices
+
+class TPESearch(SearchStrategy):
+    """Tree-structured Parzen estimation (optuna's TPE) over discrete edit choices, as DSPy's MIPRO
+    searches instructions x demonstrations.
+
+    Each candidate is a choice of *which* meaning-keeping rule edits
+    (:mod:`mmopt.proposers.edits`) to apply, and to *which* of the ``parents`` best
+    feasible trials; TPE learns from the scored choices which ones pay. The strategy
+    makes every candidate itself (``offspring``); the proposer is asked only when TPE
+    could not make enough new ones. The study is rebuilt from the stored trials at every
+    iteration (their choices are in ``Trial.meta["tpe"]``) with a sampler seeded by
+    ``seed`` and the iteration, so a resumed run asks exactly what the uninterrupted one
+    did. ``startup``: random choices before TPE models them. Needs ``optuna``
+    (``pip install 'mmopt[search]'``).
+    """
+
+    name = "tpe"
+
+    def __init__(self, parents: int = 4, startup: int = 8, edits: Sequence[str] | None = None, seed: int = 0,
+                 k: int = 10, **confirm: Any):
+        super().__init__(**confirm)
+        _check_int(parents, "parents", 1)
+        _check_int(startup, "startup", 1)
+        _check_int(k, "history size k", 1)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        from mmopt.proposers.edits import EDITS, EditsProposer
+
+        self.edit_names = tuple(e for e in (edits or EDITS) if e != "weight")
+        bad = [e for e in self.edit_names if e not in EDITS]
+        if bad or not self.edit_names:
+            raise ValueError(f"edits must be a non-empty subset of {EDITS}, got {list(edits or [])}")
+        self.editor = EditsProposer(edits=self.edit_names)
+        self.parents, self.startup, self.seed, self.k = parents, startup, seed, k
+        self._register(parents=parents, startup=startup, edits=list(self.edit_names), seed=seed, k=k,
+                       editor=self.editor)
+
+    def history(self, trials: Sequence[Trial]) -> list[Trial]:
+        return display_order(_top(trials, self.k))
+
+    def _space(self) -> dict:
+        from optuna.distributions import CategoricalDistribution
+
+        space = {"parent": CategoricalDistribution(list(range(self.parents)))}
+        space.update({e: CategoricalDistribution([0, 1]) for e in self.edit_names})
+        return space
+
+    def _study(self, trials: Sequence[Trial], iteration: int):
+        try:
+            import optuna
+        except ImportError as e:
+            from mmopt.errors import MissingExtraError
+
+            raise MissingExtraError("optuna", "search", "the TPE strategy") from e
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=int(f"{self.seed}{iteration}") % (2**31),
+                                             n_startup_trials=self.startup, multivariate=True, constant_liar=True)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        space = self._space()
+        for t in trials:
+            params = t.meta.get("tpe")
+            if isinstance(params, dict) and n_seeds(t) > 0 and set(params) == set(space):
+                study.add_trial(optuna.trial.create_trial(params=params, distributions=space,
+                                                          value=float(t.objective) if t.feasible else 0.0))
+        return study
+
+    def offspring(self, state: SearchState, n: int) -> list:
+        study = self._study(state.trials, state.iteration)
+        space = self._space()
+        parents = [t for t in reversed(state.history) if t.feasible] or [None]
+        seen = set(state.seen_prompts())
+        out: list = []
+        for attempt in range(4 * n):
+            if len(out) >= n:
+                break
+            trial = study.ask(space)
+            params = dict(trial.params)
+            parent = parents[min(params["parent"], len(parents) - 1)]
+            text = parent.prompt if parent is not None else state.intent
+            rng = random.Random(f"{self.seed}/{state.iteration}/{attempt}")
+            applied = 0
+            for e in self.edit_names:
+                if params[e]:
+                    new = self.editor.apply(e, text, rng)
+                    if new is not None:
+                        text, applied = new, applied + 1
+            cand = Candidate(text, parent.negative if parent is not None else None)
+            # a choice that made nothing new is told to TPE as worthless, so it asks elsewhere
+            if not applied or text in seen or any(c == cand for c, _ in out) or \
+                    (state.screen is not None and state.screen(cand)):
+                study.tell(trial, 0.0)
+                continue
+            out.append((cand, {"tpe": params}))  # left running: the loop scores it, the next study learns it
+        return out
+
+
 STRATEGIES = {"topk": TopKHistory, "beam": BeamHistory, "halving": SuccessiveHalving, "ucb": UCBBandit,
-              "evolve": Evolution}
+              "evolve": Evolution, "tpe": TPESearch}
 
 
 def _int_arg(rest: str, what: str) -> int | None:
@@ -574,3 +677,9 @@ def evolve(rest: str = "", **kwargs) -> Evolution:
     """Registry factory for ``"evolve"`` / ``"evolve:8"`` (population)."""
     pop = _int_arg(rest, "population size")
     return Evolution(pop, **kwargs) if pop is not None else Evolution(**kwargs)
+
+
+def tpe(rest: str = "", **kwargs) -> TPESearch:
+    """Registry factory for ``"tpe"`` / ``"tpe:4"`` (parents)."""
+    parents = _int_arg(rest, "TPE parents")
+    return TPESearch(parents, **kwargs) if parents is not None else TPESearch(**kwargs)

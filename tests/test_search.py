@@ -142,7 +142,8 @@ def test_halving_in_the_loop_pays_survivors_seeds_and_stays_in_budget(tiny_gener
     # every trial draws its seeds from one pool in order: paired comparisons
     assert all(t.meta["seeds"] == list(range(n_seeds(t))) for t in res.trials)
     assert all(len(t.meta["per_seed"]) == n_seeds(t) for t in res.trials)
-    assert res.images <= 40 and res.images == sum(n_seeds(t) for t in res.trials) + 2 * len(res.selection)
+    reported = 2 if res.best.index != 0 else 0  # the winner's own score on 2 more seeds (not the original's)
+    assert res.images <= 40 and res.images == sum(n_seeds(t) for t in res.trials) + 2 * len(res.selection) + reported
     # honest selection: the original and one finalist on the fresh seeds, the best there wins
     assert [row["index"] for row in res.selection][0] == 0 and len(res.selection) == 2
     winner = max(res.selection, key=lambda r: (r["feasible"], r["fresh"], -r["index"]))
@@ -264,11 +265,17 @@ def test_search_picks_a_known_better_rewrite_and_it_wins_on_heldout_seeds(shapes
     assert {t.prompt for t in res.trials} == {SHAPES_INTENT, WORSE, BETTER}
     meta = Store(tmp_path).load_proposals(res.run_id, 1)[1]
     assert [s["text"] for s in meta["screened"]] == JUNK and all(s["violations"] for s in meta["screened"])
-    assert res.images == 3 * 4 + 3 * 4  # two candidates rendered, then the original and two finalists re-scored
+    # two candidates rendered, the original and two finalists re-scored, the winner on 4 more seeds
+    assert res.images == 3 * 4 + 3 * 4 + 4
     assert seen[0].screen is not None and seen[0].screen(Candidate(JUNK[0]))
     # honest selection picks the better paraphrase on fresh seeds, and it wins on unseen seeds too
     assert res.best.prompt == BETTER and res.confirmed_gain > 0
     assert res.heldout_gain > 0.1
+    # what the run reports for its choice was measured on seeds that chose nothing
+    winner = next(row for row in res.selection if row["winner"])
+    assert res.estimate == winner["estimate"] == res.best.meta["report"]["objective"]
+    assert winner["estimate_seeds"] == 4 and set(res.best.meta["report"]["seeds"]).isdisjoint(
+        res.best.meta["confirm"]["seeds"] + res.best.meta["seeds"])
 
 
 def test_an_empty_proposer_falls_back_to_rule_edits(shapes):
