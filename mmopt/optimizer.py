@@ -857,6 +857,8 @@ class Optimizer:
             # 2. a short iteration is filled by the fallback proposer (recorded)
             if len(admitted) < n and self.fallback is not None:
                 fb_raw = self._ask(self.fallback, state, n - len(admitted), meta, "fallback")
+                fb_stats = getattr(self.fallback, "last_stats", None)
+                meta["llm_calls"] += int(fb_stats.get("llm_calls", 0)) if isinstance(fb_stats, dict) else 0
                 fb = admit(fb_raw, n - len(admitted), seen=seen + [c for c, _ in admitted], protected=run.protected,
                            generator=self.generator)
                 fb = self._screened(run, fb, screen, meta)

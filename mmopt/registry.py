@@ -65,6 +65,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "smollm2": "mmopt.llm.gguf:embedded_smollm2",
         "hf": "mmopt.llm.hf:from_name",
         "openai": "mmopt.llm.openai_http:from_name",
+        "adapted": "mmopt.distill:adapted_llm",
     },
     "proposer": {
         "opt2i": "mmopt.proposers.opt2i:from_name",
@@ -78,6 +79,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "raw": "mmopt.proposers.negative:raw_from_name",
         "mix": "mmopt.proposers.negative:mix_from_name",
         "seeded": "mmopt.proposers.seeded:from_name",
+        "onepass": "mmopt.distill:onepass_from_name",
     },
     "strategy": {
         "topk": "mmopt.strategies:topk",

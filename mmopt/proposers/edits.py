@@ -392,7 +392,7 @@ class EditsProposer(Configurable):
         # 2. parents: the strategy's feasible history, best first (the intent when there is none)
         parents: list[Trial | None] = [t for t in reversed(state.history) if t.feasible] or [None]
         seen = {normalize_for_dedup(p) for p in state.seen_prompts()} | {normalize_for_dedup(intent)}
-        stats = {"tries": 0, "screened": 0, "by_edit": {}}
+        stats = {"llm_calls": 0, "tries": 0, "screened": 0, "by_edit": {}}
         self.last_stats = stats
         # 3. edit chains until n new prompts (bounded tries), parents in turn
         out: list[Candidate] = []

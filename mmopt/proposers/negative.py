@@ -101,6 +101,7 @@ class NegativeProposer(Configurable):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
         rng = random.Random(state.rng.randrange(2**31))
+        self.last_stats = {"llm_calls": 0}
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
         feasible = [t for t in reversed(state.history) if t.feasible]
         if self.positive == "intent":

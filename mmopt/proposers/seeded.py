@@ -81,7 +81,9 @@ class ImageSeeded(Configurable):
             out.append(Candidate(self.prompt))
         if len(out) < n:
             out += list(self.inner.propose(state, n - len(out)))
-        self.last_stats = dict(getattr(self.inner, "last_stats", None) or {}, seeded=bool(first))
+        inner = dict(getattr(self.inner, "last_stats", None) or {})
+        inner.setdefault("llm_calls", 0 if not hasattr(self.inner, "llm") else 1)
+        self.last_stats = {**inner, "seeded": bool(first)}
         return out
 
 
