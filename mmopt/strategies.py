@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from mmopt.clauses import clauses, join_clauses
 from mmopt.component import Configurable
 from mmopt.types import Candidate, SearchState, Trial, rank_key
 
@@ -414,26 +414,6 @@ class UCBBandit(_SeedAllocating):
 
 
 # ----------------------------------------------------------------------------- evolution
-
-_CLAUSE_SPLIT = re.compile(r",\s+(?:and\s+)?|\s+and\s+|;\s*")
-
-
-def clauses(text: str) -> list[str]:
-    """A prompt's clauses: split at commas, "and" and semicolons.
-
-    >>> clauses("a red circle, a blue square and the circle left of the square")
-    ['a red circle', 'a blue square', 'the circle left of the square']
-    """
-    return [c.strip() for c in _CLAUSE_SPLIT.split(text.strip().rstrip(".")) if c.strip()]
-
-
-def join_clauses(parts: Sequence[str]) -> str:
-    """Clauses back into one prompt ("A, B and C")."""
-    parts = list(parts)
-    if len(parts) <= 1:
-        return "".join(parts)
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
-
 
 def crossover(a: str, b: str, rng: random.Random) -> list[str]:
     """Children of two prompts that mix their clauses: uniform when they have as many

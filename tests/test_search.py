@@ -276,6 +276,11 @@ def test_search_picks_a_known_better_rewrite_and_it_wins_on_heldout_seeds(shapes
     assert res.estimate == winner["estimate"] == res.best.meta["report"]["objective"]
     assert winner["estimate_seeds"] == 4 and set(res.best.meta["report"]["seeds"]).isdisjoint(
         res.best.meta["confirm"]["seeds"] + res.best.meta["seeds"])
+    # the report shows the run's winner and the search-seed and fresh-seed scores side by side
+    from mmopt.apps.report import write_report
+
+    page = write_report(Store(tmp_path), res.run_id).read_text()
+    assert "Honest selection" in page and f"<b>Best prompt:</b> <code>{BETTER}</code>" in page
 
 
 def test_an_empty_proposer_falls_back_to_rule_edits(shapes):

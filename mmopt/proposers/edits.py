@@ -46,7 +46,7 @@ from mmopt import protect
 from mmopt.component import Configurable
 from mmopt.llm.parsing import normalize_for_dedup
 from mmopt.proposers.feedback import Concept, weakest
-from mmopt.strategies import clauses as split_clauses
+from mmopt.clauses import clauses as split_clauses
 from mmopt.types import Candidate, SearchState, Trial
 
 __all__ = ["EditsProposer", "Lexicon", "load_lexicon", "parse_prompt", "Phrase", "EDITS", "from_name"]
