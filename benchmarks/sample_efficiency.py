@@ -260,7 +260,9 @@ def summarise(records: list[dict], budgets: list[int], methods: list[str]) -> tu
             return statistics.fmean(vals) if vals else float("nan")
 
         fails = sum(not row.get("intent_ok", True) for row in rows)
-        lines.append(f"| {m} | {mean('images'):.0f} | {mean('trials'):.1f} | {mean('llm_calls'):.1f} | "
+        # an LLM-free proposer makes no LLM call (records written before it reported 0 counted proposals)
+        calls = mean("llm_calls") if PROPOSERS.get(m.split("/")[0], True) else 0.0
+        lines.append(f"| {m} | {mean('images'):.0f} | {mean('trials'):.1f} | {calls:.1f} | "
                      f"{mean('fallback'):.1f} | {fails} | {mean('seconds'):.0f} |")
     return "\n".join(lines) + "\n", curves
 
