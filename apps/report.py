@@ -43,6 +43,23 @@ def clip_cell(store: Store, run_id: str, generation: dict, title: str) -> str:
     return img
 
 
+def _selection_table(selection: list) -> str:
+    """The honest selection: each finalist's score on the search seeds beside its score on fresh seeds."""
+    if not selection:
+        return ""
+    rows = ["<p><b>Honest selection</b> (the winner is the best on fresh seeds; its estimate is measured on "
+            "seeds that chose nothing):</p><table><tr><th>#</th><th>prompt</th><th>search seeds</th>"
+            "<th>fresh seeds</th><th>estimate</th></tr>"]
+    for r in selection:
+        cls = " class='best'" if r.get("winner") else ""
+        est = _fmt(r["estimate"]) + f" ({r.get('estimate_seeds')} seeds)" if r.get("winner") else ""
+        neg = f"<br>negative: <code>{html.escape(r['negative'])}</code>" if r.get("negative") else ""
+        rows.append(f"<tr{cls}><td>{int(r['index'])}</td><td><code>{html.escape(r['prompt'])}</code>{neg}</td>"
+                    f"<td>{_fmt(r['search'])} ({int(r['search_seeds'])})</td><td>{_fmt(r['fresh'])} "
+                    f"({int(r['fresh_seeds'])})</td><td>{est}</td></tr>")
+    return "".join(rows) + "</table><p></p>"
+
+
 def write_report(store: Store, run_id: str) -> Path:
     """Write ``report.html`` for ``run_id`` and return its path.
 
@@ -52,13 +69,15 @@ def write_report(store: Store, run_id: str) -> Path:
     trials = store.load_trials(run_id)
     if not trials:
         raise ValueError(f"run {run_id!r} has no finished trials to report")
-    best = choose_best(trials)
+    summary = run.get("summary") or {}
+    # the run's own winner (an honest selection may pick another than the best on the search seeds)
+    best = next((t for t in trials if t.index == summary.get("best_index")), None) or choose_best(trials)
     original = next(t for t in trials if t.index == 0)
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     scorers = list(original.scores)
-    summary = run.get("summary") or {}
     heldout = summary.get("heldout")
+    selection = summary.get("selection") or []
     missing_total = 0
 
     parts = [
@@ -80,6 +99,7 @@ def write_report(store: Store, run_id: str) -> Path:
         (f"<br><b>Held-out seeds:</b> {_fmt(heldout['original']['objective'])} &rarr; "
          f"{_fmt(heldout['best']['objective'])} (gain {summary.get('heldout_gain', 0.0):+.3f})" if heldout else ""),
         "</p>",
+        _selection_table(selection),
         "<table><tr><th>iter</th><th>#</th><th>prompt</th><th>objective</th>",
         "".join(f"<th>{html.escape(s)}</th>" for s in scorers),
         "<th>images (seed: score)</th></tr>",

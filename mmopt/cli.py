@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "optimize": "mmopt.commands.optimize",
     "demo": "mmopt.commands.demo",
     "runs": "mmopt.commands.runs",
+    "export-pairs": "mmopt.commands.export_pairs",
+    "distill": "mmopt.commands.distill",
     "export": "mmopt.commands.export",
     "coop": "mmopt.commands.coop",
     "tpt": "mmopt.commands.tpt",

@@ -191,12 +191,15 @@ class Evaluator:
             producer.join()
 
     # ------------------------------------------------------------------ the one path
-    def evaluate(self, candidates: Sequence[Candidate | str], seeds: Sequence[int], intent: str, *,
-                 baseline: dict[str, float] | None = None, generator: Any = None,
+    def evaluate(self, candidates: Sequence[Candidate | str], seeds: Sequence[int] | Sequence[Sequence[int]],
+                 intent: str, *, baseline: dict[str, float] | None = None, generator: Any = None,
                  commit: Callable[[Evaluated, list[list[bytes]]], Any] | None = None,
                  timings: dict | None = None, executors: Executors | None = None) -> Iterator[Evaluated]:
         """Evaluate every candidate on every seed; yield them in order as they finish.
 
+        ``seeds``: one list for every candidate, or one list per candidate (a search that
+        gives survivors more seeds renders them with the newcomers in one generator call;
+        seeds already rendered for a candidate come from the cache);
         ``baseline``: the original prompt's means (``max_drop`` constraints);
         ``generator``: render with this one instead of the search's;
         ``commit(evaluated, pngs)``: run on the writer thread, in order, before
@@ -205,26 +208,39 @@ class Evaluator:
         """
         cands = [Candidate.of(c) for c in candidates]
         seeds = list(seeds)
+        if seeds and all(isinstance(s, (list, tuple)) for s in seeds):
+            if len(seeds) != len(cands):
+                raise ValueError(f"seeds per candidate: got {len(seeds)} seed lists for {len(cands)} candidates")
+            per = [list(s) for s in seeds]
+        else:
+            per = [seeds] * len(cands)
+        if any(not s for s in per):
+            raise ValueError("every candidate needs at least one seed, got an empty seed list")
         generator = generator or self.generator
         timings = timings if timings is not None else {}
         own = executors is None
         ex = executors or Executors(self.workers)
         try:
-            yield from self._evaluate(cands, seeds, intent, baseline, generator, commit, timings, ex)
+            yield from self._evaluate(cands, per, intent, baseline, generator, commit, timings, ex)
         finally:
             if own:
                 ex.close()
 
-    def _evaluate(self, cands, seeds, intent, baseline, generator, commit, timings, ex) -> Iterator[Evaluated]:
-        n = len(seeds)
-        keys = [self.generation_key(c, s, generator) for c in cands for s in seeds]
+    def _evaluate(self, cands, per_seeds, intent, baseline, generator, commit, timings, ex) -> Iterator[Evaluated]:
+        # every (candidate, seed) pair in order; candidate i owns the slice spans[i]
+        pairs = [(ci, s) for ci, seeds in enumerate(per_seeds) for s in seeds]
+        spans, start = [], 0
+        for seeds in per_seeds:
+            spans.append(range(start, start + len(seeds)))
+            start += len(seeds)
+        keys = [self.generation_key(cands[ci], s, generator) for ci, s in pairs]
         gens: list[Generation | None] = [None] * len(keys)
         pngs: list[Any] = [None] * len(keys)  # list[bytes] per image, or a Future of it
 
         # 1. cached images (their PNG bytes come with them) and cached scores
         missing = []
         for idx, k in enumerate(keys):
-            hit = self.cached_generation(k, cands[idx // n], seeds[idx % n])
+            hit = self.cached_generation(k, cands[pairs[idx][0]], pairs[idx][1])
             if hit is None:
                 missing.append(idx)
             else:
@@ -264,14 +280,15 @@ class Evaluator:
             # candidates whose every image is rendered and scored, in order
             while len(done) < len(cands):
                 i = len(done)
-                span = range(i * n, (i + 1) * n)
+                span = spans[i]
                 if not all(gens[j] is not None and all(scores[s.name][j] is not None for s in self.scorers)
                            for j in span):
                     return
-                per = {name: row[i * n:(i + 1) * n] for name, row in scores.items()}
+                per = {name: row[span.start:span.stop] for name, row in scores.items()}
                 ev = Evaluated(position=i, candidate=cands[i], evaluation=self.objective.evaluate(per, baseline),
                                scores=per, generations=[gens[j] for j in span], keys=[keys[j] for j in span],
-                               seeds=seeds, render_s=t_render / len(cands), score_s=t_score / len(cands))
+                               seeds=list(per_seeds[i]), render_s=t_render / len(cands),
+                               score_s=t_score / len(cands))
                 frames = [pngs[j] for j in span]
                 done.append((ev, ex.writer.submit(self._commit, commit, ev, frames)))
 
@@ -282,7 +299,8 @@ class Evaluator:
         t_start = time.perf_counter()
         t_scored_before = t_score
         pos = 0
-        stream = self._stream(generator, [cands[i // n] for i in missing], [seeds[i % n] for i in missing], timings)
+        stream = self._stream(generator, [cands[pairs[i][0]] for i in missing], [pairs[i][1] for i in missing],
+                              timings)
         try:
             for chunk in stream:
                 if len(chunk) > len(missing) - pos:
@@ -316,6 +334,36 @@ class Evaluator:
             return None
         frames = [f.result() if isinstance(f, Future) else f for f in frames]
         return commit(ev, frames)
+
+    # ------------------------------------------------------------------ text-only constraints
+    def text_only_constraints(self) -> list:
+        """The constraints whose scorer judges only the prompt text (``scorer.text_only``):
+        they can be checked before anything renders."""
+        text_only = {s.name for s in self.scorers if getattr(s, "text_only", False)}
+        return [c for c in self.objective.constraints if c.scorer in text_only]
+
+    def screen(self, candidates: Sequence[Candidate | str], intent: str,
+               baseline: dict[str, float] | None = None) -> list[list[str]]:
+        """The violations of the text-only constraints for each candidate (empty: it passes).
+
+        Nothing renders: each text-only scorer judges a media-less generation of the
+        candidate. ``[]`` for every candidate when no constraint is text-only.
+        """
+        cands = [Candidate.of(c) for c in candidates]
+        constraints = self.text_only_constraints()
+        if not constraints or not cands:
+            return [[] for _ in cands]
+        names = {c.scorer for c in constraints}
+        means: dict[str, list[float]] = {}
+        for scorer in self.scorers:
+            if scorer.name in names:
+                values = scorer.score([Generation(c, 0, None) for c in cands], intent)
+                means[scorer.name] = [float(v.value) for v in values]
+        out = []
+        for i in range(len(cands)):
+            msgs = [c.violation(means[c.scorer][i], (baseline or {}).get(c.scorer)) for c in constraints]
+            out.append([m for m in msgs if m])
+        return out
 
     # ------------------------------------------------------------------ conveniences
     def evaluate_all(self, candidates: Sequence[Candidate | str], seeds: Sequence[int], intent: str,

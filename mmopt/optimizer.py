@@ -22,10 +22,15 @@ Invariants the loop keeps (DESIGN.md):
     is written, so a killed run (even ``kill -9``) resumes where it stopped
     and recomputes nothing;
   * an LLM that cannot be reached stops the run as "interrupted" (resumable),
-    it is not recorded as an iteration without proposals.
+    it is not recorded as an iteration without proposals;
+  * what a strategy decides beyond the history (more seeds for survivors, its
+    own candidates, honest selection on fresh seeds) happens here, through the
+    strategy's optional hooks (:mod:`mmopt.strategies`); an iteration's plan is
+    stored before it runs, so a resumed run re-scores exactly what it would have.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -42,7 +47,7 @@ from mmopt.errors import LLMUnavailableError, StopRequested
 from mmopt.evaluator import Evaluated, Evaluator, Executors
 from mmopt.objective import Objective
 from mmopt.store import Store, check_run_id
-from mmopt.strategies import Strategy, TopKHistory
+from mmopt.strategies import Plan, PlanView, SearchStrategy, Strategy, TopKHistory, n_seeds
 from mmopt.types import Candidate, Scorer, SearchState, Trial, best_trial
 
 log = logging.getLogger("mmopt")
@@ -54,6 +59,21 @@ Callback = Callable[..., None]
 HOST_TRIM_MB = 64
 # Held-out seeds given as a count are these, far from the search seeds 0..S-1.
 HELDOUT_SEED_BASE = 10_000
+# Fresh seeds of the honest selection (confirmation) start here: neither search nor held-out seeds.
+FRESH_SEED_BASE = 5_000
+# Seeds the pool holds beyond the search seeds, for strategies that give survivors more.
+POOL_EXTRA = 60
+
+
+def _hook(strategy: Any, name: str) -> Callable | None:
+    """``strategy``'s hook ``name`` when it has one of its own (the base class's default is none)."""
+    fn = getattr(strategy, name, None)
+    if not callable(fn):
+        return None
+    default = getattr(SearchStrategy, name, None)
+    if default is not None and getattr(type(strategy), name, None) is default:
+        return None
+    return fn
 
 
 def derive_seed(base: int, *parts: Any) -> int:
@@ -123,6 +143,20 @@ class Result:
     final: dict | None = None     # {"best", "original"}: re-rendered with the final generator
     heldout: dict | None = None   # {"best", "original"}: scored on the held-out seeds
     timings: dict = field(default_factory=dict)
+    # honest selection: the finalists with their search-seed and fresh-seed scores (None: not asked for)
+    selection: list[dict] | None = None
+    llm_tokens: int = 0
+    scorers: int = 1
+
+    @property
+    def ledger(self) -> dict:
+        """What the run spent, in one place: images, LLM calls and tokens, scores computed,
+        seconds per stage (rendering and scoring are the device's), wall time."""
+        t = self.timings
+        return {"images": self.images, "llm_calls": self.llm_calls, "llm_tokens": self.llm_tokens,
+                "scores": self.images * self.scorers,
+                "device_s": round(t.get("generate", 0.0) + t.get("score", 0.0), 2),
+                "propose_s": round(t.get("propose", 0.0), 2), "wall_s": round(self.wall_time_s, 2)}
 
     @property
     def best_prompt(self) -> str:
@@ -143,6 +177,22 @@ class Result:
         return self.best.objective - self.original.objective
 
     @property
+    def estimate(self) -> float | None:
+        """The winner's objective on seeds that took no part in choosing it (honest selection only):
+        the report seeds, or the original's search seeds when the original won. None without it."""
+        if not self.selection:
+            return None
+        return next(row["estimate"] for row in self.selection if row["winner"])
+
+    @property
+    def confirmed_gain(self) -> float | None:
+        """Best minus original on the fresh seeds of the honest selection (None when not asked for)."""
+        if not self.selection:
+            return None
+        fresh = {row["index"]: row["fresh"] for row in self.selection}
+        return fresh[self.best.index] - fresh[self.original.index]
+
+    @property
     def heldout_gain(self) -> float | None:
         """The same difference on the held-out seeds (None when not asked for)."""
         if not self.heldout:
@@ -160,10 +210,12 @@ class Result:
             "gain": self.gain, "feasible": self.feasible, "original_feasible": self.original_feasible,
             "best_scores": self.best.scores, "original_scores": self.original.scores, "best_index": self.best.index,
             "trials": len(self.trials), "images": self.images, "llm_calls": self.llm_calls,
-            "stopped": self.stopped, "trajectory": self.trajectory,
+            "stopped": self.stopped, "trajectory": self.trajectory, "ledger": self.ledger,
             **({"final": {k: short(t) for k, t in self.final.items()}} if self.final else {}),
             **({"heldout": {k: short(t) for k, t in self.heldout.items()}, "heldout_gain": self.heldout_gain,
                 "heldout_seeds": self.heldout["best"].meta.get("seeds")} if self.heldout else {}),
+            **({"selection": self.selection, "confirmed_gain": self.confirmed_gain, "estimate": self.estimate}
+               if self.selection else {}),
         }
 
 
@@ -179,14 +231,23 @@ def choose_best(trials: Sequence[Trial]) -> Trial:
 
 @dataclass
 class _Tally:
-    """LLM calls and recorded proposer failures (a run's, or one lookahead proposal's)."""
+    """LLM calls and tokens, and recorded proposer failures (a run's, or one lookahead proposal's)."""
 
     llm_calls: int = 0
     failures: list[dict] = field(default_factory=list)
+    llm_tokens: int = 0
 
     def add(self, other: "_Tally") -> None:
         self.llm_calls += other.llm_calls
+        self.llm_tokens += other.llm_tokens
         self.failures.extend(other.failures)
+
+
+def _tokens(meta: dict) -> int:
+    """The LLM tokens (prompt and completion) a stored proposal reports having cost."""
+    usage = ((meta.get("proposer_stats") or {}).get("llm_usage")) or {}
+    return int(sum(v for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens")
+                   and isinstance(v, (int, float))))
 
 
 @dataclass
@@ -202,6 +263,7 @@ class _Run:
     executors: Executors
     images: int = 0
     tally: _Tally = field(default_factory=_Tally)
+    rejected: list = field(default_factory=list)  # (prompt, violations) screened out before rendering
     timings: dict = field(default_factory=lambda: {"propose": 0.0, "generate": 0.0, "score": 0.0,
                                                    "write_wait": 0.0, "final": 0.0, "heldout": 0.0})
     proposer_thread: ThreadPoolExecutor | None = None
@@ -211,6 +273,24 @@ class _Run:
             self.proposer_thread.shutdown(wait=True)  # a proposal in flight finishes (and is stored) first
             self.proposer_thread = None
         self.executors.close()
+
+
+def _top_finalists(trials: Sequence[Trial], k: int) -> list[Trial]:
+    """The ``k`` best feasible rendered trials besides the original (strategies without ``finalists``)."""
+    pool = [t for t in trials if t.feasible and t.index != 0 and n_seeds(t) > 0]
+    return sorted(pool, key=lambda t: (t.objective, -t.index), reverse=True)[:k]
+
+
+class _Offspring:
+    """The strategy's ``offspring`` hook seen as a proposer (so one code path asks both)."""
+
+    name = "strategy"
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def propose(self, state: SearchState, n: int) -> list:
+        return self.fn(state, n)
 
 
 class Optimizer:
@@ -243,6 +323,13 @@ class Optimizer:
         overlap: render chunk i+1 in a producer thread while chunk i is scored. Off by
             default: measured on an H100 (SD-Turbo, 512 px) the two threads contended for
             the GIL and the loop ran 20-45% slower than serial (benchmarks/loop_throughput.py).
+        prescreen: check the constraints of text-only scorers (the drift guard, the intent
+            check) before rendering: a candidate that breaks one is never rendered (it is
+            recorded in the iteration's proposals, and proposers see it in
+            ``SearchState.rejected``); proposers get ``SearchState.screen`` to check their own.
+        fallback: a Proposer (or spec, e.g. ``"edits"``) asked when the proposer's reply
+            leaves the iteration short of new candidates (nothing usable, only duplicates,
+            screened out): the search does not stall, and the fallback is recorded.
         lookahead: propose iteration i+1 on a thread while iteration i renders and scores,
             so the generator does not wait on the LLM. The proposer then sees the history
             through iteration i-1, with iteration i's prompts as ``SearchState.pending``;
@@ -263,7 +350,7 @@ class Optimizer:
                  cache: Cache | None = None, llm: Any = None, protected: Iterable[str] = (),
                  callbacks: Iterable[Callback] = (), final_rescore: Any = False,
                  heldout_seeds: int | Sequence[int] | None = None, workers: int = 4,
-                 overlap: bool = False, lookahead: bool = False):
+                 overlap: bool = False, lookahead: bool = False, prescreen: bool = False, fallback: Any = None):
         from mmopt import registry
 
         # 1. validate what needs no model first: fail here, not in iteration 3
@@ -305,6 +392,8 @@ class Optimizer:
             proposer = registry.create("proposer", proposer, context=context, reuse=False)
         if isinstance(strategy, (str, dict)):
             strategy = registry.create("strategy", strategy, reuse=False)
+        if isinstance(fallback, (str, dict)):
+            fallback = registry.create("proposer", fallback, context=context, reuse=False)
 
         # 3. validate the components
         if not callable(getattr(generator, "generate", None)):
@@ -321,6 +410,12 @@ class Optimizer:
             raise TypeError(f"proposer must have a propose(state, n) method, got {type(proposer).__name__}")
         if strategy is not None and not callable(getattr(strategy, "history", None)):
             raise TypeError(f"strategy must have a history(trials) method, got {type(strategy).__name__}")
+        if fallback is not None and not callable(getattr(fallback, "propose", None)):
+            raise TypeError(f"fallback must be a proposer (a propose(state, n) method) or None, "
+                            f"got {type(fallback).__name__}")
+        if lookahead and strategy is not None and _hook(strategy, "plan") is not None:
+            raise ValueError(f"lookahead cannot be combined with the {getattr(strategy, 'name', 'given')!r} "
+                             "strategy: it plans each iteration from the finished one")
         if final_rescore is True:
             full = getattr(generator, "full_quality", None)
             final_rescore = full() if callable(full) else None
@@ -351,6 +446,33 @@ class Optimizer:
         self.callbacks = list(callbacks)
         self.final_generator = final_rescore
         self.lookahead = bool(lookahead)
+        self.prescreen = bool(prescreen)
+        self.fallback = fallback
+        confirm = getattr(self.strategy, "confirm", None)
+        if confirm:
+            cs = int(getattr(self.strategy, "confirm_seeds", 4))
+            rs = getattr(self.strategy, "report_seeds", None)
+            self.confirm: tuple[int, int, int] | None = (int(confirm), cs, cs if rs is None else int(rs))
+        else:
+            self.confirm = None
+        # the seed pool: the search seeds, then more for strategies that give survivors more;
+        # fresh seeds (the confirmation's, then the report's) are neither
+        taken = set(self.seeds) | set(self.heldout_seeds or ())
+        fresh = list(itertools.islice((s for s in itertools.count(FRESH_SEED_BASE) if s not in taken),
+                                      (self.confirm[1] + self.confirm[2]) if self.confirm else 0))
+        self.fresh_seeds = fresh[:self.confirm[1]] if self.confirm else []
+        self.report_seeds = fresh[self.confirm[1]:] if self.confirm else []
+        taken |= set(fresh)
+        self.pool = self.seeds + list(itertools.islice(
+            (s for s in itertools.count(max(self.seeds) + 1) if s not in taken), POOL_EXTRA))
+        if self.confirm and budget.images is not None:
+            reserve = self._reserve()
+            if budget.images < reserve + len(self.seeds):
+                raise ValueError(f"Budget(images={budget.images}) cannot pay for the search and its confirmation: "
+                                 f"the original needs {len(self.seeds)} images and the confirmation "
+                                 f"{reserve} ({self.confirm[0]} finalists and the original on {self.confirm[1]} "
+                                 f"fresh seeds, the winner on {self.confirm[2]} more); give more images or a "
+                                 "smaller confirm")
         self.evaluator = Evaluator(generator, self.scorers, self.objective, cache=self.cache, workers=workers,
                                    overlap=overlap)
         self.workers = workers
@@ -383,7 +505,22 @@ class Optimizer:
             **({"final": describe(self.final_generator)} if self.final_generator is not None else {}),
             **({"heldout_seeds": self.heldout_seeds} if self.heldout_seeds else {}),
             **({"lookahead": True} if self.lookahead else {}),
+            **({"prescreen": True} if self.prescreen else {}),
+            **({"fallback": describe(self.fallback)} if self.fallback is not None else {}),
         }
+
+    def projection(self) -> dict:
+        """The budget a run may spend, known before it starts (what ``mmopt optimize`` prints first):
+        images (and the share kept for the confirmation), iterations, LLM calls."""
+        reserve = self._reserve()
+        if self.budget.images is not None:
+            images = self.budget.images
+        else:
+            images = len(self.seeds) + (self.budget.iterations - 1) * self.candidates * len(self.seeds) + reserve
+        return {"images": images, "confirmation_images": reserve, "iterations": self.budget.iterations,
+                "llm_calls": self.budget.llm_calls, "proposals": self.budget.iterations - 1,
+                "wall_time_s": self.budget.wall_time_s, "seeds": len(self.seeds),
+                "heldout_images": 2 * len(self.heldout_seeds or ())}
 
     def _emit(self, event: str, **info) -> None:
         for cb in self.callbacks:
@@ -417,7 +554,7 @@ class Optimizer:
             log.info("resuming run %s with %d finished trials", run_id, len(trials))
         run = _Run(run_id=run_id, intent=intent, clean_intent=clean_intent, protected=protected, trials=trials,
                    started=time.monotonic(), executors=Executors(self.workers))
-        run.images = len(trials) * len(self.seeds)
+        run.images = self._images(run.trials)
         if self.store and status != "new":
             self._restore_media(run)
         trajectory: list[float] = []
@@ -425,11 +562,15 @@ class Optimizer:
         best_so_far = float("-inf")
         stale = 0
         ahead = None  # lookahead: (iteration, Future of its proposals, their _Tally)
+        selection = None
         try:
             for iteration in range(self.budget.iterations):
-                # 3. budgets are checked before an iteration starts
-                n_new = self._n_new(iteration, run.images)
-                if n_new < 1:
+                # 3. budgets are checked before an iteration starts; the strategy plans it
+                #    (stored first: a resumed run re-scores what the uninterrupted one did)
+                plan = self._plan(run, iteration)
+                rescore = self._affordable_rescores(run, plan)
+                n_new, n_seeds_new = self._n_new(iteration, run.images + self._rescore_cost(run, rescore), plan)
+                if n_new < 1 and not rescore:
                     stopped = "images"
                     break
                 if self.budget.wall_time_s is not None and time.monotonic() - run.started > self.budget.wall_time_s:
@@ -442,7 +583,9 @@ class Optimizer:
                 # 4. proposals: stored ones on resume, else the original or the proposer's
                 #    (with lookahead, made while the previous iteration rendered: only the wait counts)
                 t_prop = time.perf_counter()
-                if ahead is not None and ahead[0] == iteration:
+                if n_new < 1:
+                    proposals = []
+                elif ahead is not None and ahead[0] == iteration:
                     proposals = ahead[1].result()
                     run.tally.add(ahead[2])
                 else:
@@ -450,24 +593,31 @@ class Optimizer:
                 ahead = None
                 run.timings["propose"] += time.perf_counter() - t_prop
 
-                # 5. evaluate what is not finished yet; each trial is committed before the next
+                # 5. evaluate what is not finished yet (survivors' extra seeds and new candidates,
+                #    in one generator call); each trial is committed before the next
                 done = {(t.iteration, t.candidate) for t in run.trials}
                 todo = [p for p in proposals if (iteration, p[0]) not in done]
                 if self.lookahead:
-                    ahead = self._propose_ahead(run, iteration + 1, (len(run.trials) + len(todo)) * len(self.seeds),
+                    ahead = self._propose_ahead(run, iteration + 1, run.images + len(todo) * n_seeds_new,
                                                 proposals)
-                if todo:
-                    for trial in self._evaluate(run, iteration, todo):
-                        run.trials.append(trial)
-                        self._emit("trial", trial=trial, run_id=run_id)
-                run.images = len(run.trials) * len(self.seeds)
+                if todo or rescore:
+                    for trial, updated in self._evaluate(run, iteration, todo, self.pool[:n_seeds_new], rescore):
+                        if updated:
+                            pos = next(i for i, t in enumerate(run.trials) if t.index == trial.index)
+                            run.trials[pos] = trial
+                            self._emit("rescore", trial=trial, run_id=run_id)
+                        else:
+                            run.trials.append(trial)
+                            self._emit("trial", trial=trial, run_id=run_id)
+                run.images = self._images(run.trials)
                 # hand freed image buffers back to the OS (off the main thread) once they add up
                 run.executors.writer.submit(release_free_host_memory, HOST_TRIM_MB)
 
-                # 6. bookkeeping: trajectory of the best feasible objective, early stopping
-                best = choose_best(run.trials)
+                # 6. bookkeeping: trajectory of the leader (the best feasible objective), early stopping
+                best = self._leader(run.trials)
                 trajectory.append(best.objective)
-                self._emit("iteration", iteration=iteration, best=best, trials=run.trials, run_id=run_id)
+                self._emit("iteration", iteration=iteration, best=best, trials=run.trials, run_id=run_id,
+                           images=run.images)
                 if best.objective > best_so_far + 1e-12:
                     best_so_far, stale = best.objective, 0
                 elif iteration > 0:
@@ -478,11 +628,17 @@ class Optimizer:
             if ahead is not None:  # proposals made for an iteration that did not run: their LLM calls were spent
                 ahead[1].result()
                 run.tally.llm_calls += ahead[2].llm_calls
-            run.close()
 
-            # 7. what the search found, re-judged where asked: full quality, unseen seeds
+            # 7. the winner: the best on the search seeds, or (honest selection) the best of the
+            #    finalists on fresh seeds; then re-judged where asked: full quality, unseen seeds
             original = next(t for t in run.trials if t.index == 0)
-            best = choose_best(run.trials)
+            if self.confirm:
+                best, selection = self._confirm(run)
+                original = next(t for t in run.trials if t.index == 0)
+                run.images = self._images(run.trials)
+            else:
+                best = choose_best(run.trials)
+            run.close()
             final = self._rescore(run, [original, best], self.seeds, self.final_generator, "final") \
                 if self.final_generator is not None else None
             heldout = self._rescore(run, [original, best], self.heldout_seeds, None, "heldout") \
@@ -504,6 +660,7 @@ class Optimizer:
             trajectory=trajectory, stopped=stopped, images=run.images, llm_calls=run.tally.llm_calls,
             wall_time_s=time.monotonic() - run.started, out_dir=str(self.store.root) if self.store else None,
             failures=run.tally.failures, final=final, heldout=heldout, timings=dict(run.timings),
+            selection=selection, llm_tokens=run.tally.llm_tokens, scorers=len(self.scorers),
         )
         self.timings = dict(run.timings)
         if self.store:
@@ -512,18 +669,93 @@ class Optimizer:
         return result
 
     # ------------------------------------------------------------- the steps
-    def _n_new(self, iteration: int, images_so_far: int) -> int:
-        """How many candidates ``iteration`` may render (the image budget caps the last ones)."""
-        n_new = 1 if iteration == 0 else self.candidates
-        if self.budget.images is not None:
-            n_new = min(n_new, (self.budget.images - images_so_far) // len(self.seeds))
-        return n_new
+    def _images(self, trials: Sequence[Trial]) -> int:
+        """Images the run has paid for: every trial's seeds, and its fresh (confirmation) seeds."""
+        total = 0
+        for t in trials:
+            seeds = t.meta.get("seeds")
+            total += len(seeds) if isinstance(seeds, list) else len(self.seeds)
+            total += len((t.meta.get("confirm") or {}).get("seeds") or [])
+            total += len((t.meta.get("report") or {}).get("seeds") or [])
+        return total
+
+    def _reserve(self) -> int:
+        """Images set aside for the confirmation (the finalists and the original on fresh seeds)."""
+        return (self.confirm[0] + 1) * self.confirm[1] + self.confirm[2] if self.confirm else 0
+
+    def _images_left(self, images_so_far: int) -> int | None:
+        if self.budget.images is None:
+            return None
+        return max(0, self.budget.images - self._reserve() - images_so_far)
+
+    def _plan(self, run: _Run, iteration: int) -> Plan:
+        """The strategy's plan of ``iteration`` (stored before it runs; the stored one on resume)."""
+        plan_fn = _hook(self.strategy, "plan")
+        if iteration == 0 or plan_fn is None:
+            return Plan()
+        stored = self.store.load_plan(run.run_id, iteration) if self.store else None
+        if stored is not None:
+            return Plan.from_json(stored)
+        view = PlanView(trials=tuple(run.trials), iteration=iteration, search_seeds=len(self.seeds),
+                        pool=len(self.pool), images_left=self._images_left(run.images), candidates=self.candidates)
+        plan = plan_fn(view)
+        if not isinstance(plan, Plan):
+            raise TypeError(f"strategy {getattr(self.strategy, 'name', '?')!r}: plan() must return a "
+                            f"mmopt.strategies.Plan, got {type(plan).__name__}")
+        if self.store:
+            self.store.save_plan(run.run_id, iteration, plan.to_json())
+        return plan
+
+    def _affordable_rescores(self, run: _Run, plan: Plan) -> list[tuple[Trial, int]]:
+        """The plan's re-scores still to do, in order, as far as the image budget pays for them."""
+        by_index = {t.index: t for t in run.trials}
+        left = self._images_left(run.images)
+        out = []
+        for idx, k in plan.rescore:
+            t = by_index.get(idx)
+            k = min(k, len(self.pool))
+            if t is None or n_seeds(t) == 0 or n_seeds(t) >= k:
+                continue  # unknown, never rendered, or already done (a resumed run)
+            cost = k - n_seeds(t)
+            if left is not None and cost > left:
+                continue
+            out.append((t, k))
+            left = None if left is None else left - cost
+        return out
+
+    @staticmethod
+    def _rescore_cost(run: _Run, rescore: list[tuple[Trial, int]]) -> int:
+        return sum(k - n_seeds(t) for t, k in rescore)
+
+    def _n_new(self, iteration: int, images_so_far: int, plan: Plan | None = None) -> tuple[int, int]:
+        """How many candidates ``iteration`` may render and on how many seeds each
+        (the plan asks; the image budget caps the last ones)."""
+        plan = plan or Plan()
+        if iteration == 0:
+            n_new, seeds = 1, len(self.seeds)  # the original: every search seed
+        else:
+            n_new = self.candidates if plan.new is None else plan.new
+            seeds = len(self.seeds) if plan.seeds is None else min(plan.seeds, len(self.pool))
+        left = self._images_left(images_so_far)
+        if left is not None:
+            n_new = min(n_new, left // seeds)
+        return n_new, seeds
+
+    def _leader(self, trials: Sequence[Trial]) -> Trial:
+        """The best trial so far as the strategy ranks them (its estimate; plainly: ``choose_best``)."""
+        estimate = _hook(self.strategy, "estimate")
+        if estimate is None:
+            return choose_best(trials)
+        feasible = [t for t in trials if t.feasible and n_seeds(t) > 0]
+        if not feasible:
+            return choose_best(trials)
+        return max(feasible, key=lambda t: (estimate(t, trials), -t.index))
 
     def _propose_ahead(self, run: _Run, iteration: int, images_after: int, current: list):
         """Lookahead: start proposing ``iteration`` on the proposer thread, from the trials
         finished before the current iteration plus its ``current`` candidates as pending;
         None when that iteration would not run."""
-        n_next = self._n_new(iteration, images_after)
+        n_next, _ = self._n_new(iteration, images_after)
         if iteration >= self.budget.iterations or n_next < 1:
             return None
         if self.budget.llm_calls is not None and run.tally.llm_calls >= self.budget.llm_calls:
@@ -538,82 +770,270 @@ class Optimizer:
         future = run.proposer_thread.submit(self._proposals, run, iteration, n_next, earlier, own, pending)
         return iteration, future, own
 
+    def _screen_fn(self, run: _Run, trials: Sequence[Trial]):
+        """``candidate -> violations`` of the text-only constraints (prescreen), else None."""
+        if not self.prescreen or not self.evaluator.text_only_constraints():
+            return None
+        original = next((t for t in trials if t.index == 0), None)
+        baseline = original.scores if original else None
+
+        def screen(candidate) -> list[str]:
+            return self.evaluator.screen([candidate], run.clean_intent, baseline)[0]
+
+        return screen
+
+    def _ask(self, who: Any, state: SearchState, n: int, meta: dict, label: str) -> list:
+        """``who.propose(state, n)``; a failure other than an unreachable LLM is recorded, not raised."""
+        try:
+            raw = list(who.propose(state, n))
+        except LLMUnavailableError:
+            raise  # infrastructure, not a result: the run stops as interrupted and resumes later
+        except Exception as e:  # a proposer bug or a bad reply must not lose the run: record it
+            log.warning("%s failed in iteration %d: %s", label, state.iteration, e)
+            prefix = "" if label == "proposer" else f"{label}: "
+            meta.setdefault("errors", []).append(f"{prefix}{type(e).__name__}: {e}")
+            return []
+        return raw
+
     def _proposals(self, run: _Run, iteration: int, n: int, trials: list[Trial], tally: _Tally,
                    pending: tuple[str, ...] = ()) -> list[tuple[Candidate, dict]]:
         """The candidates of ``iteration`` with their admission meta. Stored before use.
 
         ``tally`` receives the LLM calls and failures (the run's, or a lookahead proposal's own).
+        The strategy's own candidates (``offspring``) come first, then the proposer's; with
+        ``prescreen`` those that break a text-only constraint are set aside (recorded,
+        never rendered); a short iteration is filled by the ``fallback`` proposer.
         """
         stored = self.store.load_proposals(run.run_id, iteration) if self.store else None
         if stored is not None:
             cands, meta = stored
             tally.llm_calls += meta.get("llm_calls", 0)
+            tally.llm_tokens += _tokens(meta)
             if meta.get("failure"):
                 tally.failures.append(meta["failure"])
+            self._remember_rejected(run, meta)
             per = meta.get("per_prompt") or [{}] * len(cands)
             return list(zip(cands, per))
 
         meta: dict = {"llm_calls": 0}
+        screen = self._screen_fn(run, trials) if iteration > 0 else None
+        seen = [t.candidate for t in trials] + [Candidate(p) for p in pending] + \
+            [Candidate(p) for p, _ in run.rejected]
         if iteration == 0:
-            raw: list = [run.clean_intent]
+            admitted = admit([run.clean_intent], n, seen=seen, generator=self.generator, is_original=True)
         else:
             state = SearchState(
                 intent=run.clean_intent, iteration=iteration, trials=list(trials),
                 history=self.strategy.history(trials), rng=random.Random(derive_seed(self.seed, "propose", iteration)),
                 prompt_style=getattr(self.generator, "prompt_style", "sentences"),
                 max_prompt_tokens=getattr(self.generator, "max_prompt_tokens", 77), protected=run.protected,
-                pending=tuple(pending), media_kind=getattr(self.generator, "media_kind", "image"),
+                pending=tuple(pending), media_kind=getattr(self.generator, "media_kind", "image"), screen=screen,
+                rejected=tuple(run.rejected),
             )
-            try:
-                raw = list(self.proposer.propose(state, n))
-            except LLMUnavailableError:
-                raise  # infrastructure, not a result: the run stops as interrupted and resumes later
-            except Exception as e:  # a proposer bug or a bad reply must not lose the run: record it
-                log.warning("proposer failed in iteration %d: %s", iteration, e)
-                raw = []
-                meta["failure"] = {"iteration": iteration, "error": f"{type(e).__name__}: {e}"}
-            # LLM requests this proposal cost (retries included) when the proposer reports them
-            stats = getattr(self.proposer, "last_stats", None)
-            meta["llm_calls"] = int(stats.get("llm_calls", 1)) if isinstance(stats, dict) else 1
-            if isinstance(stats, dict):
-                meta["proposer_stats"] = stats
-        seen = [t.candidate for t in trials] + [Candidate(p) for p in pending]
-        admitted = admit(raw, n, seen=seen, protected=run.protected if iteration > 0 else (),
-                         generator=self.generator, is_original=iteration == 0)
-        if iteration > 0 and not admitted and "failure" not in meta:
-            meta["failure"] = {"iteration": iteration, "error": "no usable new candidate in the proposer's reply",
-                               "raw": [str(r)[:300] for r in raw[:n]]}
+            # 1. the strategy's own candidates (crossover), then the proposer's
+            offspring_fn = _hook(self.strategy, "offspring")
+            raw_own = self._ask(_Offspring(offspring_fn), state, n, meta, "strategy") if offspring_fn else []
+            raw: list = []
+            if len(raw_own) < n:
+                raw = self._ask(self.proposer, state, n - len(raw_own), meta, "proposer")
+                # LLM requests this proposal cost (retries included) when the proposer reports them
+                stats = getattr(self.proposer, "last_stats", None)
+                meta["llm_calls"] = int(stats.get("llm_calls", 1)) if isinstance(stats, dict) else 1
+                if isinstance(stats, dict):
+                    meta["proposer_stats"] = stats
+            if meta.get("errors"):
+                meta["failure"] = {"iteration": iteration, "error": "; ".join(meta["errors"])}
+            # the strategy's candidates may carry their own meta, (candidate, dict): kept with the trial
+            admitted = []
+            for item in raw_own:
+                cand, extra = item if isinstance(item, tuple) and len(item) == 2 else (item, {})
+                got = admit([cand], 1, seen=seen + [c for c, _ in admitted], protected=run.protected,
+                            generator=self.generator)
+                for c, m in got:
+                    admitted.append((c, {**m, **(extra if isinstance(extra, dict) else {}), "origin": "strategy"}))
+            admitted += admit(raw, n - len(admitted), seen=seen + [c for c, _ in admitted], protected=run.protected,
+                              generator=self.generator)
+            admitted = self._screened(run, admitted, screen, meta)
+            # 2. a short iteration is filled by the fallback proposer (recorded)
+            if len(admitted) < n and self.fallback is not None:
+                fb_raw = self._ask(self.fallback, state, n - len(admitted), meta, "fallback")
+                fb_stats = getattr(self.fallback, "last_stats", None)
+                meta["llm_calls"] += int(fb_stats.get("llm_calls", 0)) if isinstance(fb_stats, dict) else 0
+                fb = admit(fb_raw, n - len(admitted), seen=seen + [c for c, _ in admitted], protected=run.protected,
+                           generator=self.generator)
+                fb = self._screened(run, fb, screen, meta)
+                for _, m in fb:
+                    m["origin"] = "fallback"
+                if fb:
+                    meta["fallback"] = {"proposer": getattr(self.fallback, "name", type(self.fallback).__name__),
+                                        "candidates": len(fb), "short_by": n - len(admitted)}
+                admitted += fb
+            if not admitted and "failure" not in meta:
+                meta["failure"] = {"iteration": iteration, "error": "no usable new candidate in the proposer's reply",
+                                   "raw": [str(r)[:300] for r in raw[:n]]}
         if "failure" in meta:
             tally.failures.append(meta["failure"])
         meta["per_prompt"] = [m for _, m in admitted]
         tally.llm_calls += meta["llm_calls"]
+        tally.llm_tokens += _tokens(meta)
         if self.store:
             self.store.save_proposals(run.run_id, iteration, [c for c, _ in admitted], meta)
         return admitted
 
-    def _evaluate(self, run: _Run, iteration: int, todo: list[tuple[Candidate, dict]]):
-        """Render, score and commit one iteration's candidates; yields each Trial once stored."""
+    def _screened(self, run: _Run, admitted: list, screen, meta: dict) -> list:
+        """``admitted`` without the candidates that break a text-only constraint (recorded in ``meta``)."""
+        if screen is None or not admitted:
+            return admitted
+        kept = []
+        for cand, m in admitted:
+            violations = screen(cand)
+            if violations:
+                meta.setdefault("screened", []).append({**cand.key(), "violations": violations})
+                run.rejected.append((cand.text, tuple(violations)))
+            else:
+                kept.append((cand, m))
+        return kept
+
+    @staticmethod
+    def _remember_rejected(run: _Run, meta: dict) -> None:
+        """A resumed run knows the candidates stored iterations screened out."""
+        for item in meta.get("screened") or []:
+            entry = (item.get("text", ""), tuple(item.get("violations") or ()))
+            if entry not in run.rejected:
+                run.rejected.append(entry)
+
+    def _per_seed(self, ev: Evaluated, baseline: dict | None) -> list[float]:
+        """The objective of each seed of ``ev`` alone (their mean is the trial's objective)."""
+        return [self.objective.evaluate({name: [lst[i]] for name, lst in ev.scores.items()}, baseline).objective
+                for i in range(len(ev.seeds))]
+
+    def _evaluate(self, run: _Run, iteration: int, todo: list[tuple[Candidate, dict]], seeds: list[int],
+                  rescore: Sequence[tuple[Trial, int]] = ()):
+        """Render, score and commit one iteration: the re-scored trials (brought up to their
+        planned seeds) and the new candidates (on ``seeds``), in one evaluator call.
+        Yields ``(trial, updated)`` once each is stored."""
         original = next((t for t in run.trials if t.index == 0), None)
         baseline = original.scores if (original and iteration > 0) else None
         next_index = max((t.index for t in run.trials), default=-1) + 1
+        n_old = len(rescore)
 
-        def commit(ev: Evaluated, pngs: list) -> Trial:
+        def commit(ev: Evaluated, pngs: list) -> tuple[Trial, bool]:
             c = ev.candidate
+            per_seed = self._per_seed(ev, baseline)
+            if ev.position < n_old:  # a trial re-scored on more seeds: same index, merged scores
+                old = rescore[ev.position][0]
+                have = set(old.meta.get("seeds") or [])
+                meta = {**old.meta, "violations": ev.evaluation.violations, "seeds": ev.seeds, "per_seed": per_seed,
+                        "rescored": [*old.meta.get("rescored", []), iteration]}
+                trial = Trial(old.index, old.iteration, c.text, ev.evaluation.objective, ev.evaluation.means,
+                              ev.evaluation.feasible, ev.evaluation.feedback, meta=meta,
+                              details={name: [sc.details for sc in lst] for name, lst in ev.scores.items()},
+                              negative=c.negative, payload=c.payload)
+                fresh = [i for i, s in enumerate(ev.seeds) if s not in have]
+                if self.store:  # only the new seeds' images and scores join the stored ones
+                    self.store.save_trial(run.run_id, trial, [ev.generations[i] for i in fresh],
+                                          {k: [v[i] for i in fresh] for k, v in ev.scores.items()},
+                                          [ev.keys[i] for i in fresh], pngs=[pngs[i] for i in fresh])
+                return trial, True
+            pos = ev.position - n_old
             trial = Trial(
-                index=next_index + ev.position, iteration=iteration, prompt=c.text,
+                index=next_index + pos, iteration=iteration, prompt=c.text,
                 objective=ev.evaluation.objective, scores=ev.evaluation.means, feasible=ev.evaluation.feasible,
                 feedback=ev.evaluation.feedback, negative=c.negative, payload=c.payload,
-                meta={**todo[ev.position][1], "violations": ev.evaluation.violations, "seeds": ev.seeds,
-                      "render_s": ev.render_s, "score_s": ev.score_s},
+                meta={**todo[pos][1], "violations": ev.evaluation.violations, "seeds": ev.seeds,
+                      "render_s": ev.render_s, "score_s": ev.score_s, "per_seed": per_seed},
                 details={name: [sc.details for sc in lst] for name, lst in ev.scores.items()},
             )
             if self.store:
                 self.store.save_trial(run.run_id, trial, ev.generations, ev.scores, ev.keys, pngs=pngs)
-            return trial
+            return trial, False
 
-        for ev in self.evaluator.evaluate([c for c, _ in todo], self.seeds, run.clean_intent, baseline=baseline,
+        cands = [t.candidate for t, _ in rescore] + [c for c, _ in todo]
+        per = [self.pool[:k] for _, k in rescore] + [list(seeds)] * len(todo)
+        for ev in self.evaluator.evaluate(cands, per, run.clean_intent, baseline=baseline,
                                           commit=commit, timings=run.timings, executors=run.executors):
             yield ev.committed
+
+    def _confirm(self, run: _Run) -> tuple[Trial, list[dict]]:
+        """Honest selection: the original and the strategy's finalists on fresh seeds; the best there wins.
+
+        Fresh-seed results are kept in each finalist's ``meta["confirm"]`` (and stored), so a
+        resumed run re-renders nothing; the winner ranks by (feasible on both, fresh objective,
+        earlier index): the original wins ties.
+        """
+        k = self.confirm[0]
+        original = next(t for t in run.trials if t.index == 0)
+        picks = getattr(self.strategy, "finalists", None)
+        chosen = (picks if callable(picks) else _top_finalists)(run.trials, k)
+        finalists = [original] + [t for t in chosen if t.index != 0][:k]
+        seeds = list(self.fresh_seeds)
+        todo = [t for t in finalists if (t.meta.get("confirm") or {}).get("seeds") != seeds]
+        if todo:
+            t0 = time.perf_counter()
+            self._confirm_eval(run, todo, seeds, original)
+            run.timings["confirm"] = run.timings.get("confirm", 0.0) + time.perf_counter() - t0
+        by_index = {t.index: t for t in run.trials}
+        finalists = [by_index[t.index] for t in finalists]
+
+        def key(t: Trial) -> tuple:
+            c = t.meta["confirm"]
+            return (bool(t.feasible and c["feasible"]), c["objective"], -t.index)
+
+        winner = max(finalists, key=key)
+        # the winner's score on seeds that chose nothing (the original's search seeds chose nothing)
+        if winner.index != 0 and self.report_seeds and \
+                (winner.meta.get("report") or {}).get("seeds") != self.report_seeds:
+            self._report_eval(run, winner, original)
+            winner = next(t for t in run.trials if t.index == winner.index)
+        selection = [{"index": t.index, "prompt": t.prompt, "negative": t.negative, "search": t.objective,
+                      "search_seeds": n_seeds(t), "fresh": t.meta["confirm"]["objective"],
+                      "fresh_seeds": len(seeds), "feasible": bool(t.feasible and t.meta["confirm"]["feasible"]),
+                      "winner": t.index == winner.index} for t in finalists]
+        for row in selection:
+            if row["winner"]:
+                report = winner.meta.get("report")
+                row["estimate"] = report["objective"] if (report and winner.index != 0) else winner.objective
+                row["estimate_seeds"] = len(report["seeds"]) if (report and winner.index != 0) else n_seeds(winner)
+        return winner, selection
+
+    def _report_eval(self, run: _Run, winner: Trial, original: Trial) -> None:
+        """The winner on the report seeds (stored in its ``meta["report"]``)."""
+        t0 = time.perf_counter()
+        ev = self.evaluator.evaluate_all([winner.candidate], self.report_seeds, run.clean_intent,
+                                         baseline=original.scores, timings=run.timings)[0]
+        report = {"seeds": list(self.report_seeds), "objective": ev.evaluation.objective, "scores": ev.evaluation.means,
+                  "feasible": ev.evaluation.feasible}
+        trial = Trial(winner.index, winner.iteration, winner.prompt, winner.objective, winner.scores, winner.feasible,
+                      winner.feedback, meta={**winner.meta, "report": report}, details=winner.details,
+                      negative=winner.negative, payload=winner.payload)
+        if self.store:
+            self.store.save_trial(run.run_id, trial, ev.generations, ev.scores, ev.keys)
+        pos = next(i for i, x in enumerate(run.trials) if x.index == winner.index)
+        run.trials[pos] = trial
+        run.timings["confirm"] = run.timings.get("confirm", 0.0) + time.perf_counter() - t0
+
+    def _confirm_eval(self, run: _Run, todo: list[Trial], seeds: list[int], original: Trial) -> None:
+        """Evaluate ``todo`` on the fresh ``seeds`` (the original first: its means are the baseline)."""
+        base_ev = None
+        if any(t.index == 0 for t in todo):
+            base_ev = self.evaluator.evaluate_all([original.candidate], seeds, run.clean_intent,
+                                                  timings=run.timings)[0]
+        baseline = (base_ev.evaluation.means if base_ev is not None
+                    else (original.meta.get("confirm") or {}).get("scores"))
+        others = [t for t in todo if t.index != 0]
+        evs = ([(original, base_ev)] if base_ev is not None else []) + list(zip(others, self.evaluator.evaluate_all(
+            [t.candidate for t in others], seeds, run.clean_intent, baseline=baseline, timings=run.timings)))
+        for t, ev in evs:
+            confirm = {"seeds": seeds, "objective": ev.evaluation.objective, "scores": ev.evaluation.means,
+                       "feasible": ev.evaluation.feasible, "violations": ev.evaluation.violations,
+                       "per_seed": self._per_seed(ev, baseline)}
+            trial = Trial(t.index, t.iteration, t.prompt, t.objective, t.scores, t.feasible, t.feedback,
+                          meta={**t.meta, "confirm": confirm}, details=t.details, negative=t.negative,
+                          payload=t.payload)
+            if self.store:
+                self.store.save_trial(run.run_id, trial, ev.generations, ev.scores, ev.keys)
+            pos = next(i for i, x in enumerate(run.trials) if x.index == t.index)
+            run.trials[pos] = trial
 
     def _rescore(self, run: _Run, trials: list[Trial], seeds: list[int], generator: Any, label: str) -> dict:
         """``{"original", "best"}`` re-evaluated on ``seeds`` (and/or with ``generator``).

@@ -26,6 +26,7 @@ from typing import Any
 
 PRESET_KEYS = {"description", "generator", "scorers", "weights", "constraints", "proposer", "llm",
                "strategy", "iterations", "candidates", "seeds", "patience", "max_images", "lookahead",
+               "prescreen", "fallback",
                "heldout_seeds", "final_rescore"}
 
 
@@ -74,6 +75,8 @@ class RunSpec:
     seeds: int | list[int]
     heldout_seeds: int | list[int] | None = None
     lookahead: bool = False
+    prescreen: bool = False
+    fallback: Any = None
     final_rescore: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -115,6 +118,12 @@ def resolve(preset: dict, **overrides: Any) -> RunSpec:
     llm = cfg.get("llm")
     if llm is not None:
         registry.parse_spec("llm", llm)
+    fallback = cfg.get("fallback")
+    if fallback is not None:
+        registry.parse_spec("proposer", fallback)
+    prescreen = cfg.get("prescreen", False)
+    if not isinstance(prescreen, bool):
+        raise ValueError(f"prescreen must be true or false, got {prescreen!r}")
     # 2. objective: weights and constraints name scorers that are in use
     weights = cfg.get("weights")
     if weights is not None:
@@ -149,7 +158,8 @@ def resolve(preset: dict, **overrides: Any) -> RunSpec:
     return RunSpec(generator=generator, scorers=scorers, scorer_names=scorer_names, proposer=proposer,
                    strategy=strategy, llm=llm, weights=weights, constraints=constraints, budget=budget,
                    candidates=_positive_int(cfg, "candidates", 5), seeds=seeds, heldout_seeds=heldout,
-                   lookahead=bool(cfg.get("lookahead")), final_rescore=bool(cfg.get("final_rescore")))
+                   lookahead=bool(cfg.get("lookahead")), final_rescore=bool(cfg.get("final_rescore")),
+                   prescreen=prescreen, fallback=fallback)
 
 
 def build_optimizer(preset: dict | RunSpec, *, store=None, seed: int = 0, callbacks=(), protected=(),
@@ -178,4 +188,7 @@ def build_optimizer(preset: dict | RunSpec, *, store=None, seed: int = 0, callba
     return Optimizer(generator, scorers, proposer, objective=objective, strategy=strategy, budget=spec.budget,
                      candidates=spec.candidates, seeds=spec.seeds, seed=seed, store=store, cache=cache,
                      llm=context.llm, protected=protected, callbacks=callbacks, lookahead=spec.lookahead,
+                     prescreen=spec.prescreen,
+                     fallback=registry.create("proposer", spec.fallback, context=context, reuse=False)
+                     if spec.fallback is not None else None,
                      heldout_seeds=spec.heldout_seeds, final_rescore=spec.final_rescore)

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS proposals (
     run_id TEXT NOT NULL, iteration INTEGER NOT NULL, prompts TEXT NOT NULL, meta TEXT,
     PRIMARY KEY (run_id, iteration)
 );
+CREATE TABLE IF NOT EXISTS plans (
+    run_id TEXT NOT NULL, iteration INTEGER NOT NULL, plan TEXT NOT NULL,
+    PRIMARY KEY (run_id, iteration)
+);
 CREATE TABLE IF NOT EXISTS trials (
     run_id TEXT NOT NULL, idx INTEGER NOT NULL, iteration INTEGER NOT NULL, prompt TEXT NOT NULL,
     objective REAL NOT NULL, feasible INTEGER NOT NULL, scores TEXT NOT NULL, feedback TEXT,
@@ -411,6 +415,22 @@ class Store:
         if row is None:
             return None
         return [Candidate.of(c) for c in json.loads(row[0])], json.loads(row[1] or "{}")
+
+    # ---- a strategy's plans ----------------------------------------------
+    def save_plan(self, run_id: str, iteration: int, plan: dict) -> None:
+        """What the strategy planned for ``iteration`` (re-scores, new candidates, their seeds),
+        stored before it runs so a resumed run follows the same plan."""
+        with self._sql(write=True) as db:
+            db.execute("INSERT OR REPLACE INTO plans (run_id, iteration, plan) VALUES (?,?,?)",
+                       (run_id, iteration, json.dumps(to_jsonable(plan))))
+
+    def load_plan(self, run_id: str, iteration: int) -> dict | None:
+        with self._sql() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "plans" not in tables:  # a store written before plans existed (opened read-only)
+                return None
+            row = db.execute("SELECT plan FROM plans WHERE run_id=? AND iteration=?", (run_id, iteration)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     # ---- trials ------------------------------------------------------------
     def media_dir(self, run_id: str) -> Path:

@@ -319,6 +319,11 @@ class SearchState:
     (``Optimizer(lookahead=True)``): already tried, scores not known yet.
     ``media_kind`` is what the generator renders (its ``media_kind``: ``"image"`` or
     ``"video"``), so a rewriter can write for it.
+    ``screen`` (when the loop checks constraints on the text before rendering,
+    ``Optimizer(prescreen=True)``) returns the violations a candidate would
+    have (empty: it passes), so a proposer can repair or replace it first;
+    ``rejected`` holds ``(prompt, violations)`` of candidates screened out
+    earlier in the run (never rendered, never to be proposed again).
     """
 
     intent: str
@@ -331,6 +336,8 @@ class SearchState:
     protected: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
     media_kind: str = "image"
+    screen: Any = None
+    rejected: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def best(self) -> Trial | None:
@@ -338,7 +345,7 @@ class SearchState:
         return self.history[-1] if self.history else best_trial(self.trials)
 
     def seen_prompts(self) -> set[str]:
-        return {t.prompt for t in self.trials} | set(self.pending)
+        return {t.prompt for t in self.trials} | set(self.pending) | {p for p, _ in self.rejected}
 
 
 @runtime_checkable

@@ -90,6 +90,8 @@ class DriftGuard:
     """
 
     value_range = (-1.0, 1.0)
+    #: judges the prompt text only: the loop may check its constraint before rendering
+    text_only = True
 
     def __init__(self, model: str = "minilm", *, threshold: float = DEFAULT_THRESHOLD,
                  device: str | torch.device | None = None, batch_size: int = 64,

@@ -1,6 +1,7 @@
 """``mmopt optimize PROMPT``: optimize one prompt under a preset and overrides."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mmopt.commands._options import positive_int, progress_bar
@@ -20,8 +21,12 @@ def add_run_options(p, default_preset: str) -> None:
     p.add_argument("--scorer", action="append", dest="scorers",
                    help="scorer registry name (repeatable), e.g. clip:ViT-B-32/openai")
     p.add_argument("--llm", help="LLM registry name: smollm2, gguf:/path.gguf, hf:ORG/MODEL, openai:MODEL@URL")
-    p.add_argument("--proposer", help="proposer registry name (opt2i, rules)")
-    p.add_argument("--strategy", help="strategy registry name (topk:10, beam:3)")
+    p.add_argument("--proposer", help="proposer registry name (opt2i, edits, concepts, textgrad, expand, negative, "
+                                      "raw, rules)")
+    p.add_argument("--strategy", help="strategy registry name (topk:10, greedy, beam:3, halving, ucb, evolve, tpe)")
+    p.add_argument("--fallback", help="proposer asked when the proposer leaves an iteration short (e.g. edits)")
+    p.add_argument("--prescreen", action=argparse.BooleanOptionalAction, default=None,
+                   help="check text-only constraints (drift guard, intent check) before rendering")
     p.add_argument("--iterations", type=positive_int, help="iterations including the original prompt's (iteration 0)")
     p.add_argument("--candidates", type=positive_int, help="new prompts per iteration")
     p.add_argument("--seeds", type=positive_int, help="images per prompt (search seeds 0..S-1)")
@@ -44,8 +49,11 @@ def _progress_callback(opt):
     gen = opt.generator
     per_trial = int(getattr(gen, "num_frames", 1)) * len(opt.seeds) \
         if getattr(gen, "media_kind", "image") == "video" else 0
+    by_images = not per_trial and opt.budget.images is not None
     if per_trial:
         bar = progress_bar(per_trial * (1 + (opt.budget.iterations - 1) * opt.candidates), "optimizing", unit="frame")
+    elif by_images:  # an image budget: the bar counts images, whatever the iterations
+        bar = progress_bar(opt.budget.images, "optimizing", unit="img")
     else:
         bar = progress_bar(opt.budget.iterations, "optimizing", unit="iter")
 
@@ -53,7 +61,9 @@ def _progress_callback(opt):
         if event == "trial" and per_trial:
             bar.update(per_trial)
         elif event == "iteration":
-            if not per_trial:
+            if by_images:
+                bar.update(max(0, info.get("images", bar.n) - bar.n))
+            elif not per_trial:
                 bar.update(1)
             bar.set_postfix(best=f"{info['best'].objective:.3f}", trials=len(info["trials"]))
         elif event == "done":
@@ -92,7 +102,8 @@ def build_from_args(args, callbacks=()):
         scorers=[_spec(s) for s in args.scorers] if args.scorers else None, llm=_spec(args.llm),
         proposer=_spec(args.proposer), strategy=_spec(args.strategy), iterations=args.iterations,
         candidates=args.candidates, seeds=args.seeds, max_images=args.max_images, patience=args.patience,
-        lookahead=args.lookahead, heldout_seeds=args.heldout_seeds,
+        lookahead=args.lookahead, heldout_seeds=args.heldout_seeds, fallback=_spec(args.fallback),
+        prescreen=args.prescreen,
     )
     store = Store(args.out)
     opt = build_optimizer(spec, store=store, seed=args.seed, callbacks=callbacks, protected=args.protect)
@@ -103,6 +114,13 @@ def run(args) -> int:
     from mmopt.apps.report import write_report
 
     opt, store = build_from_args(args)
+    plan = opt.projection()
+    print(f"budget:    up to {plan['images']} images"
+          + (f" ({plan['confirmation_images']} of them to confirm the winner on fresh seeds)"
+             if plan["confirmation_images"] else "")
+          + f", {plan['iterations']} iterations"
+          + (f", {plan['llm_calls']} LLM calls" if plan["llm_calls"] else "")
+          + (f", then {plan['heldout_images']} held-out images" if plan["heldout_images"] else ""))
     if not args.no_progress:  # the bar appears once everything is valid and loaded
         opt.callbacks.append(_progress_callback(opt))
     result = opt.run(args.prompt, run_id=args.run_id)
@@ -119,6 +137,14 @@ def run(args) -> int:
         print("gain:      +0.0000 (no candidate met the constraints; the original is returned)")
     else:
         print(f"gain:      {result.gain:+.4f} (on the search seeds, where the best was chosen)")
+    if result.selection:
+        fresh = {row["index"]: row for row in result.selection}
+        print(f"selection: on {result.selection[0]['fresh_seeds']} fresh seeds the original scored "
+              f"{fresh[result.original.index]['fresh']:.4f} and the winner {fresh[result.best.index]['fresh']:.4f} "
+              f"(of {len(result.selection)} finalists); the winner's own estimate {result.estimate:.4f}")
+    ledger = result.ledger
+    print(f"spent:     {ledger['images']} images, {ledger['llm_calls']} LLM calls ({ledger['llm_tokens']} tokens), "
+          f"{ledger['device_s']:.1f} s rendering and scoring, {ledger['wall_s']:.1f} s in all")
     if result.heldout:
         print(f"held-out:  {result.heldout_gain:+.4f} on {len(result.heldout['best'].meta['seeds'])} unseen seeds "
               f"(original {result.heldout['original'].objective:.4f} -> best {result.heldout['best'].objective:.4f})")
