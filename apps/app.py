@@ -60,13 +60,14 @@ class Sessions:
 
 # --------------------------------------------------------------------------- rendering
 
-def candidates_html(trials) -> str:
-    """The candidates table: every prompt escaped, its scores and its failed questions."""
+def candidates_html(trials, best=None) -> str:
+    """The candidates table: every prompt escaped, its scores and its failed questions; a star on
+    ``best`` (the run's winner; default: the best trial so far)."""
     if not trials:
         return "<p>No candidate yet.</p>"
-    from mmopt.optimizer import choose_best
+    from mmopt.apps.studio import run_best
 
-    best = choose_best(trials)
+    best = best or run_best(trials, None)
     e = html.escape
     rows = ["<table class='mm-table'><tr><th>#</th><th>iter</th><th>prompt</th><th>objective</th><th>scores</th>"
             "<th>failed questions</th></tr>"]
@@ -133,7 +134,7 @@ def build_app(studio: Studio):
         v = studio.view(run_id)
         prompts = [t.prompt for t in v["trials"]]
         return [status_line(v, note), v["best"].prompt if v["best"] else "", v["diff"], v["gallery"],
-                candidates_html(v["trials"]), studio.trajectory_image(run_id), studio.comparison_grid(run_id),
+                candidates_html(v["trials"], v["best"]), studio.trajectory_image(run_id), studio.comparison_grid(run_id),
                 run_id, gr.update(choices=prompts), gr.update(choices=prompts)]
 
     def stream(token, carry, *fields):

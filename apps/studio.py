@@ -238,6 +238,15 @@ class Session:
         return self.runs[-1] if self.runs else None
 
 
+def run_best(trials: list, summary: dict | None):
+    """A finished run's winner as the run chose it (after an honest selection on fresh seeds the
+    winner need not be the best on the search seeds); while it runs, the best trial so far."""
+    from mmopt.optimizer import choose_best
+
+    index = (summary or {}).get("best_index")
+    return next((t for t in trials if t.index == index), None) or choose_best(trials)
+
+
 def parse_terms(text: str | None) -> tuple[str, ...]:
     """Comma- or newline-separated terms."""
     return tuple(t.strip() for t in re.split(r"[,\n]", text or "") if t.strip())
@@ -307,6 +316,10 @@ class Studio:
 
         spec = self.spec(options, session.picks)
         spec = replace(spec, proposer={"name": "queue", "kwargs": {"inner": spec.proposer, "queued": queued}})
+        if queued:
+            # a candidate the user typed or pinned is rendered and shown even when a text-only constraint
+            # (the intent check, the drift guard) rejects it: it is then marked infeasible, not hidden
+            spec = replace(spec, prescreen=False)
         opt = build_optimizer(spec, store=self.store, callbacks=callbacks, protected=options.protect)
         queue_proposer = opt.proposer
         serialize_models(opt)
@@ -460,7 +473,6 @@ class Studio:
     def view(self, run_id: str) -> dict:
         """Everything the UI shows of a run, read from the store (so a reopened run looks the same)."""
         from mmopt.apps.report import word_diff_html
-        from mmopt.optimizer import choose_best
 
         try:
             info = self.store.get_run(run_id)
@@ -471,7 +483,7 @@ class Studio:
                 "gallery": [], "best": None, "original": None, "diff": "", "summary": info.get("summary")}
         if not trials:
             return view
-        best, original = choose_best(trials), next(t for t in trials if t.index == 0)
+        best, original = run_best(trials, info.get("summary")), next(t for t in trials if t.index == 0)
         view.update(best=best, original=original, diff=word_diff_html(original.prompt, best.prompt))
         for t in trials:
             for g in self.store.load_generations(run_id, t.index):
@@ -537,13 +549,12 @@ class Studio:
         """The best prompt (.txt), its images with prompt and scores in the PNG metadata, and a
         JSON of the run, in ``runs/<id>/export/``; their paths."""
         from mmopt.apps.batch import export_trial_images, write_atomic
-        from mmopt.optimizer import choose_best
 
         info = self.store.get_run(run_id)
         trials = self.store.load_trials(run_id)
         if not trials:
             raise ValueError(f"run {run_id} has no finished trial to export yet")
-        best = choose_best(trials)
+        best = run_best(trials, info.get("summary"))
         d = self.store.run_dir(run_id) / "export"
         d.mkdir(exist_ok=True)
         write_atomic(d / "best_prompt.txt", best.prompt + "\n")

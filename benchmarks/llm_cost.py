@@ -14,7 +14,10 @@ by prompt so the machine's load hits all alike:
   token cap per revision; a stop where the list's next item would start;
   the best trials' remarks on their history lines; the free cores);
 * ``opt2i/parallel``: the same, with the n revisions asked as n one-prompt
-  replies decoded together as parallel sequences.
+  replies decoded together as parallel sequences;
+* ``concepts``: concept-level refinement (one list request per proposal);
+* ``textgrad``: textual gradients (a critique, then an edit, then a paraphrase:
+  three requests per proposal).
 
 Per configuration it prints the wall time per prompt, the time spent waiting
 on the LLM, and per LLM call the prompt tokens (and how many were reused from
@@ -43,7 +46,7 @@ LEGACY_TEMPLATE = (
     "position of the request, add concrete visual detail, and make each prompt different from the ones above. "
     "Reply with a numbered list only.\n"
 )
-CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel")
+CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel", "concepts", "textgrad")
 
 
 class _NoStop:
@@ -69,6 +72,14 @@ def _proposer(config: str, llm, legacy_llm, candidates: int):
     if config == "opt2i/legacy":
         return OPT2IProposer(_NoStop(legacy_llm), template=LEGACY_TEMPLATE, max_tokens=60 * candidates + 40,
                              feedback_chars=400, inline_feedback=False)
+    if config == "concepts":
+        from mmopt.proposers.concepts import ConceptProposer
+
+        return ConceptProposer(llm)
+    if config == "textgrad":
+        from mmopt.proposers.textgrad import TextGradProposer
+
+        return TextGradProposer(llm)
     return OPT2IProposer(llm, mode=config.split("/")[1])
 
 
@@ -91,10 +102,13 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
                     seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget))
     inner = proposer.propose
+    llm = parts["legacy_llm"] if config == "opt2i/legacy" else parts["llm"]
 
-    def recording(state, n):  # one row per propose call: what the LLM did for it
+    def recording(state, n):  # one row per propose call: what the LLM did for it (the LLM's usage counters)
+        before = dict(llm.usage)
         out = inner(state, n)
-        calls.append({"llm_calls": proposer.last_stats["llm_calls"], **proposer.last_stats.get("llm_usage", {})})
+        used = {k: v - before.get(k, 0) for k, v in llm.usage.items() if k != "threads"}
+        calls.append({"llm_calls": proposer.last_stats.get("llm_calls", 0), **used})
         return out
 
     proposer.propose = recording

@@ -19,5 +19,6 @@ def test_node_package_as_comfyui_loads_it(tmp_path):
     assert len(cls.RETURN_TYPES) == 4 and cls.RETURN_TYPES[1] == "IMAGE"
     assert isinstance(best, str) and best and original == inputs["prompt"] and gain >= 0.0
     # IMAGE: batch x height x width x channels, float32 in [0, 1]
-    assert tuple(images.shape) == (2, 64, 64, 3) and str(images.dtype) == "torch.float32"
+    # every seed the winner was rendered on: the run's own seeds, and the fresh seeds of honest selection
+    assert images.shape[0] >= 2 and tuple(images.shape[1:]) == (64, 64, 3) and str(images.dtype) == "torch.float32"
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0

@@ -82,7 +82,8 @@ class MmoptOptimizePrompt:
                               candidates=int(candidates), seeds=int(seeds),
                               proposer=None if proposer in (None, "", "preset") else proposer)
         result = opt.run(prompt)
-        # 3. the best prompt's images, in seed order
+        # 3. the best prompt's images, in seed order: its search seeds and, when the preset confirms
+        #    the winner on fresh seeds (honest selection), those too
         gens = store.load_generations(result.run_id, result.best.index)
         paths = [store.root / g["paths"][0] for g in gens if g["paths"]]
         return (result.best_prompt, images_to_tensor(paths), result.original.prompt, float(result.gain))
