@@ -15,6 +15,10 @@ by prompt so the machine's load hits all alike:
   the best trials' remarks on their history lines; the free cores);
 * ``opt2i/parallel``: the same, with the n revisions asked as n one-prompt
   replies decoded together as parallel sequences;
+* ``opt2i/parallel+lookahead``: the same, with the LLM writing the next
+  iteration's prompts while the current ones render (``Optimizer(lookahead=True)``):
+  the proposals are conditioned on a history one iteration older, so they
+  differ from the serial run's;
 * ``concepts``: concept-level refinement (one list request per proposal);
 * ``textgrad``: textual gradients (a critique, then an edit, then a paraphrase:
   three requests per proposal).
@@ -46,7 +50,8 @@ LEGACY_TEMPLATE = (
     "position of the request, add concrete visual detail, and make each prompt different from the ones above. "
     "Reply with a numbered list only.\n"
 )
-CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel", "concepts", "textgrad")
+CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead", "concepts",
+           "textgrad")
 
 
 class _NoStop:
@@ -80,7 +85,7 @@ def _proposer(config: str, llm, legacy_llm, candidates: int):
         from mmopt.proposers.textgrad import TextGradProposer
 
         return TextGradProposer(llm)
-    return OPT2IProposer(llm, mode=config.split("/")[1])
+    return OPT2IProposer(llm, mode=config.split("/")[1].split("+")[0])
 
 
 def run_one(prompt: str, config: str, args, parts: dict) -> dict:
@@ -100,7 +105,8 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     proposer = _proposer(config, parts["llm"], parts["legacy_llm"], args.candidates)
     calls = []
     opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
-                    seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget))
+                    seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget),
+                    lookahead=config.endswith("+lookahead"))
     inner = proposer.propose
     llm = parts["legacy_llm"] if config == "opt2i/legacy" else parts["llm"]
 

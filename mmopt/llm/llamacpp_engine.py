@@ -38,7 +38,7 @@ from mmopt.llm.base import sample_seed
 
 CHUNK = 64        # prompt tokens per evaluation batch: the grid that makes prefix reuse exact
 MAX_SEQUENCES = 8  # completions decoded together at most (more are decoded in rounds)
-SMALL_MODEL_PARAMS = 500_000_000  # below this, one-token decode steps run on one thread (see step_threads)
+SMALL_MODEL_PARAMS = 500_000_000  # below this, decode steps run on one thread (see _use_threads)
 
 
 @dataclass
@@ -87,6 +87,7 @@ class LlamaCppEngine:
         self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
         self.n_ctx = n_ctx
         self.n_params = int(llama._model.n_params())
+        self._threads = max(1, int(llama.context_params.n_threads))
         self._vocab = llama._model.vocab
         # the chat template stored in the GGUF file formats the conversation
         template = llama.metadata.get("tokenizer.chat_template")
@@ -151,21 +152,27 @@ class LlamaCppEngine:
             sampler.add_dist(seed)
         return sampler
 
-    def step_threads(self, threads: int) -> int:
-        """Threads for one-token decode steps (``threads`` serve batches: prompts, parallel steps).
+    def _use_threads(self, stage: str) -> None:
+        """Set llama.cpp's threads for ``stage`` ("prefill" or "decode").
 
-        A small model's one-token step is too little work to split: its threads spend the step
-        waking and waiting on each other. Measured on the project's 2-core machine with SmolLM2-135M:
-        78 steps/s on 1 thread, 35 on 2 (prompt batches: 163 vs 143 tokens/s, so those keep 2).
+        A prompt chunk (64 tokens) is worth splitting over every free core. A decode step of a
+        small model (one token per live sequence) is not: its threads spend the step waking and
+        waiting on each other. Measured on the project's 2-core machine with SmolLM2-135M: one
+        sequence 78 steps/s on 1 thread vs 35 on 2; 4 sequences 25 vs 24 steps/s; prompt chunks
+        163 vs 143 tokens/s on 2 vs 1 threads. The text is the same on any thread count.
         """
-        return 1 if self.n_params < SMALL_MODEL_PARAMS else threads
+        threads = self._threads
+        if stage == "decode" and self.n_params < SMALL_MODEL_PARAMS:
+            self.ctx.set_n_threads(1, 1)
+        else:
+            self.ctx.set_n_threads(1 if self.n_params < SMALL_MODEL_PARAMS else threads, threads)
 
     def generate(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                  seed: int | None, stop: list[str] | None = None, threads: int | None = None) -> tuple[list[str], Usage]:
         """``n`` completions of ``messages`` (in rounds of at most MAX_SEQUENCES), and the usage."""
         usage = Usage()
+        self._threads = threads or self._threads
         if threads:
-            self.ctx.set_n_threads(self.step_threads(threads), threads)
             usage.threads = threads
         tokens, template_stops = self.prompt_tokens(messages)
         stops = [s for s in (stop or []) if s] + template_stops
@@ -182,6 +189,7 @@ class LlamaCppEngine:
     def _round(self, tokens, seeds, temperature, max_tokens, stops, usage) -> list[str]:
         # 1. the prompt, once, for sequence 0; the other sequences share its cells
         t0 = time.perf_counter()
+        self._use_threads("prefill")
         last = self._prefill(tokens, usage)
         p = len(tokens)
         for s in range(1, len(seeds)):
@@ -189,6 +197,7 @@ class LlamaCppEngine:
         usage.prefill_s += time.perf_counter() - t0
         # 2. decode every live sequence in one batch per step
         t0 = time.perf_counter()
+        self._use_threads("decode")
         samplers = [self._sampler(temperature, sd) for sd in seeds]
         generated: list[list[int]] = [[] for _ in seeds]
         texts = [""] * len(seeds)

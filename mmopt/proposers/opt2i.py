@@ -55,6 +55,15 @@ _STOPWORDS = frozenset(
     "this that these those some very".split())
 
 
+# Feedback lines that say nothing is wrong, or only announce the list that follows
+_NOTHING_WRONG = re.compile(r"(all \d+ .*answered yes\.?|\d+ of \d+ .*failed:)(\s*\(\d+/\d+\))?$", re.I)
+
+
+def _cut_words(text: str, max_words: int) -> str:
+    words = text.split()
+    return text if len(words) <= max_words else " ".join(words[:max_words]) + " ..."
+
+
 def _content_words(text: str) -> set[str]:
     """Lower-cased words of 3+ letters, minus stopwords, with a plural 's' dropped."""
     words = re.findall(r"[a-z]{3,}", text.lower())
@@ -194,10 +203,10 @@ class OPT2IProposer:
 
     # ------------------------------------------------------------ meta-prompt
     @staticmethod
-    def history_line(t: Trial, remarks: str = "") -> str:
+    def history_line(t: Trial, remarks: str = "", max_words: int = 0) -> str:
         """One history entry: the prompt, its score, the label of a trial that broke a
         constraint, and (for the best ones) what the scorers found wrong."""
-        line = f"{t.prompt} | {t.objective:.3f}"
+        line = f"{t.prompt if not max_words else _cut_words(t.prompt, max_words)} | {t.objective:.3f}"
         if not t.feasible:
             line += " | rejected: " + "; ".join(t.meta.get("violations") or ["broke a constraint"])
         if remarks:
@@ -213,6 +222,8 @@ class OPT2IProposer:
                 line = rest
             elif re.fullmatch(r"\s*\S+: -?\d+(\.\d+)?\s*", line):
                 continue  # a scorer's bare mean: the history line already shows the objective
+            if _NOTHING_WRONG.match(line.strip()):
+                continue  # a count header or a seed where nothing failed: no remark, only tokens
             if line.strip():
                 parts.append(line.strip().replace(" seeds)", ")"))
         return "; ".join(parts)[: self.feedback_chars]
@@ -227,7 +238,9 @@ class OPT2IProposer:
         feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
         inline = {t.index: self.remarks(t) for t in feedback} if self.inline_feedback else {}
         if history:
-            lines += [self.history_line(t, inline.get(t.index, "")) for t in history]
+            # a long rewrite is shown cut (a small LLM's rambling would otherwise fill the prompt)
+            cap = max(16, 3 * len(intent.split()))
+            lines += [self.history_line(t, inline.get(t.index, ""), cap) for t in history]
         elif not state.pending:
             lines = [f"{intent} | not scored yet"]
         feedback_block = ""
@@ -301,7 +314,9 @@ class OPT2IProposer:
                            "stop": [f"\n{want + 1}.", f"\n{want + 1})"]}
             else:  # want replies of one revision each, decoded together where the backend can
                 messages = self.build_messages(state, 1, protected)
-                request = {"n": want, "max_tokens": self.max_tokens or item_tokens, "stop": ["\n\n"]}
+                # a reply ends at a blank line or where a second list item would begin (only
+                # its first item is read)
+                request = {"n": want, "max_tokens": self.max_tokens or item_tokens, "stop": ["\n\n", "\n2.", "\n2)"]}
             stats["attempts"] += 1
             stats["llm_calls"] += 1
             try:
