@@ -39,12 +39,11 @@ def admit(raw: Iterable[Any], n: int, *, seen: Iterable[Candidate], protected: S
         if not text:
             continue
         if protected and not is_original:
-            missing = protect.check(text, protected)
+            text, missing = protect.enforce(text, protected)
+            if text is None:
+                continue
             if missing:
-                repaired = protect.repair(text, protected)
-                if repaired is None:
-                    continue
-                text, meta["repaired"] = repaired, missing
+                meta["repaired"] = missing
         # the token budget: warn and record; rewrites are cut to what the encoder sees
         if count is not None and limit:
             tokens = count(text)

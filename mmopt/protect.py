@@ -109,6 +109,21 @@ def check(candidate: str, protected: Sequence[str]) -> list[str]:
     return [span for span in protected if span not in text]
 
 
+def enforce(candidate: str, protected: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``candidate`` with every protected span in it, and the spans that had to be put back.
+
+    The text comes back unchanged when nothing was missing, repaired when spans were
+    missing (:func:`repair`), and as None when repair is impossible.
+
+    >>> enforce("a cat on a mat", ["(mat:1.2)"])
+    ('a cat on a (mat:1.2)', ['(mat:1.2)'])
+    """
+    missing = check(candidate, protected) if protected else []
+    if not missing:
+        return candidate, []
+    return repair(candidate, protected), missing
+
+
 def _bare_text(span: str) -> str | None:
     """The plain words inside a syntax span: ``(sunset:1.3)`` -> ``sunset``, ``[fog]`` -> ``fog``."""
     m = _WEIGHTED.fullmatch(span) or _BRACKETED.fullmatch(span)

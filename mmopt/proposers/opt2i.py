@@ -338,13 +338,11 @@ class OPT2IProposer:
                 if self._off_topic(cand, intent_words):
                     stats["rejected_off_topic"] += 1
                     continue
-                if protected and protect.check(cand, protected):
-                    fixed = protect.repair(cand, protected)
-                    if fixed is None:
-                        stats["rejected_protected"] += 1
-                        continue
-                    stats["repaired"] += 1
-                    cand = fixed
+                cand, missing = protect.enforce(cand, protected)
+                if cand is None:
+                    stats["rejected_protected"] += 1
+                    continue
+                stats["repaired"] += bool(missing)
                 if video and len(cand.split()) > self.video_max_words:
                     cand = cut_to_words(cand, self.video_max_words)
                     stats["cut_to_words"] += 1

@@ -180,13 +180,11 @@ class Rewriter:
                 if text is None:
                     stats["rejected_subject"] += 1
                     continue
-            if protected and protect.check(text, protected):
-                fixed = protect.repair(text, protected)
-                if fixed is None:
-                    stats["rejected_protected"] += 1
-                    continue
-                stats["repaired"] += 1
-                text = fixed
+            text, missing = protect.enforce(text, protected)
+            if text is None:
+                stats["rejected_protected"] += 1
+                continue
+            stats["repaired"] += bool(missing)
             if len(text.split()) > max_words:
                 stats["rejected_length"] += 1
                 continue
