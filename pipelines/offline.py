@@ -18,6 +18,8 @@ from typing import Any
 
 #: Shipped ShapesWorld models, by the ``rest`` of their registry name.
 OFFLINE_MODELS = {"t2i": "t2i", "clip": "clip"}
+#: Images per pipeline call for the shipped text-to-image model (see ``t2i_from_name``).
+OFFLINE_BATCH = 32
 
 
 def shipped_model_dir(part: str) -> Path:
@@ -46,4 +48,9 @@ def t2i_from_name(rest: str = "", **kwargs: Any):
 
     if rest not in ("", "t2i"):
         raise ValueError(f"offline generator is 'offline:t2i', got 'offline:{rest}'")
+    # 64 px images on an 8x8 latent: a call's fixed cost (about 25 ms a step on 2 cores) is
+    # as large as four images' work, so up to 32 images share one call (the per-image seeded
+    # generators give the same images at any batch size, up to float rounding: checked in
+    # tests/test_shapesworld_models.py)
+    kwargs.setdefault("max_batch", OFFLINE_BATCH)
     return from_name(str(shipped_model_dir("t2i")), **kwargs)

@@ -92,6 +92,10 @@ def test_generator_is_deterministic_per_prompt_and_seed(generator, batch):
     diff = np.abs(np.asarray(batch[1].media, dtype=float) - np.asarray(alone[0].media, dtype=float))
     assert diff.mean() < 1.0, f"mean |difference| {diff.mean():.2f} between batch sizes"
     assert not np.array_equal(np.asarray(batch[0].media), np.asarray(batch[1].media))
+    # the shipped model renders up to OFFLINE_BATCH images per pipeline call
+    from mmopt.pipelines.offline import OFFLINE_BATCH
+
+    assert batch[0].meta["batch_size"] == min(len(batch), OFFLINE_BATCH) > 4
 
 
 def test_clip_zero_shot_colour_by_shape_on_renders(clip):
@@ -160,6 +164,28 @@ def test_short_optimization_with_the_offline_preset(tmp_path):
     assert all(t.scores["intent:shapes"] == 1.0 for t in result.trials)  # nothing that changed the request rendered
     # the lookahead switch is preset data and a CLI flag too (mmopt optimize --lookahead)
     assert not opt.lookahead and build_optimizer({**preset, "lookahead": True, "strategy": "topk"}).lookahead
+
+
+def test_demo_command_runs_offline_and_defaults_to_its_budget(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from mmopt import cli
+    from mmopt.commands import demo, optimize
+
+    # the demo's own budget applies with the offline preset, and only when none is given
+    seen = []
+    monkeypatch.setattr(optimize, "run", lambda args: seen.append(args.max_images) or 0)
+    for argv in (["demo"], ["demo", "--max-images", "16"], ["demo", "--preset", "turbo"]):
+        assert cli.main(argv) == 0
+    assert seen == [demo.DEMO_IMAGES, 16, None]
+    monkeypatch.undo()
+    # the real command, small: a finished run, its report, and the quick exit's output intact
+    proc = subprocess.run([sys.executable, "-m", "mmopt.cli", "demo", "--out", str(tmp_path), "--max-images", "20",
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "held-out:" in proc.stdout and proc.stdout.rstrip().splitlines()[-1].startswith("report:")
+    assert list(tmp_path.glob("runs/*/report.html"))
 
 
 @pytest.mark.slow
