@@ -247,6 +247,15 @@ def run_best(trials: list, summary: dict | None):
     return next((t for t in trials if t.index == index), None) or choose_best(trials)
 
 
+def winner_point(trials: list, summary: dict | None) -> tuple[int, float] | None:
+    """(iteration, fresh-seed objective) of a run's winner after an honest selection, where the
+    score curve marks it; None when the run made no selection (or has not finished)."""
+    row = next((r for r in (summary or {}).get("selection") or [] if r.get("winner")), None)
+    if row is None:
+        return None
+    return run_best(trials, summary).iteration, float(row["fresh"])
+
+
 def parse_terms(text: str | None) -> tuple[str, ...]:
     """Comma- or newline-separated terms."""
     return tuple(t.strip() for t in re.split(r"[,\n]", text or "") if t.strip())
@@ -505,9 +514,20 @@ class Studio:
 
         ax = fig.add_subplot(1, 1, 1)
         its = sorted({t.iteration for t in trials})
-        ax.scatter([t.iteration for t in trials], [t.objective for t in trials], s=14, alpha=0.6)
+        ax.scatter([t.iteration for t in trials], [t.objective for t in trials], s=14, alpha=0.6,
+                   label="trials (search seeds)")
         ax.plot(its, [choose_best([t for t in trials if t.iteration <= i]).objective for i in its],
-                color="tab:green", marker="o")
+                color="tab:green", marker="o", label="best so far (search seeds)")
+        # after an honest selection the winner is the best on fresh seeds, which is what the star
+        # in the studio marks: show it with that score, not its (optimistic) search-seed one
+        try:
+            point = winner_point(trials, self.store.get_run(run_id).get("summary"))
+        except ValueError:
+            point = None
+        if point is not None:
+            ax.scatter([point[0]], [point[1]], marker="*", s=160, color="tab:orange", zorder=3,
+                       label="winner (fresh seeds)")
+        ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel("iteration")
         ax.set_ylabel("objective")
         ax.set_xticks(its)

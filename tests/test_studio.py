@@ -164,6 +164,14 @@ def test_exports_carry_prompt_and_scores(studio):
         assert im.text["prompt"] == best and "offline:dsg" in im.text["scores"]
     doc = json.loads(Path(files[-1]).read_text())
     assert doc["best"]["prompt"] == best and len(doc["trials"]) == len(studio.store.load_trials(s.current))
+    # the score curve marks the exported winner at its fresh-seed score, not its search-seed one
+    from mmopt.apps.studio import winner_point
+
+    summary = studio.store.get_run(s.current)["summary"]
+    row = next(r for r in summary["selection"] if r["winner"])
+    winner = next(t for t in studio.store.load_trials(s.current) if t.prompt == best)
+    assert winner_point(studio.store.load_trials(s.current), summary) == (winner.iteration, row["fresh"])
+    assert Path(studio.trajectory_image(s.current)).is_file()
 
 
 def test_uploads_are_checked_by_content_and_size(tmp_path):

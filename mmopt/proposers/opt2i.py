@@ -59,7 +59,9 @@ _STOPWORDS = frozenset(
 _NOTHING_WRONG = re.compile(r"(all \d+ .*answered yes\.?|\d+ of \d+ .*failed:)(\s*\(\d+/\d+\))?$", re.I)
 
 
-def _cut_words(text: str, max_words: int) -> str:
+def _shorten_for_history(text: str, max_words: int) -> str:
+    """A history line's prompt: its first ``max_words`` words and " ..." when longer (the
+    LLM sees that it was cut; :func:`cut_to_words` instead trims a candidate itself)."""
     words = text.split()
     return text if len(words) <= max_words else " ".join(words[:max_words]) + " ..."
 
@@ -206,7 +208,7 @@ class OPT2IProposer:
     def history_line(t: Trial, remarks: str = "", max_words: int = 0) -> str:
         """One history entry: the prompt, its score, the label of a trial that broke a
         constraint, and (for the best ones) what the scorers found wrong."""
-        line = f"{t.prompt if not max_words else _cut_words(t.prompt, max_words)} | {t.objective:.3f}"
+        line = f"{t.prompt if not max_words else _shorten_for_history(t.prompt, max_words)} | {t.objective:.3f}"
         if not t.feasible:
             line += " | rejected: " + "; ".join(t.meta.get("violations") or ["broke a constraint"])
         if remarks:
