@@ -352,15 +352,22 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
     targets = [render_caption(c, 0, 64) for c in captions]
     gen = registry.create("generator", "offline:t2i")
     vqa = registry.create("vqa", "shapes")
+    from mmopt.prompt_learning.pez import load_templates
+
     full = PEZ(adapter, steps=steps, seed=0)
     world = PEZ(adapter, steps=steps, seed=0, vocabulary=world_words())
+    templates = load_templates("shapesworld")
     per = {k: {"text": [], "regen": []} for k in
-                          ("PEZ (full vocabulary)", "PEZ (ShapesWorld words)", "random tokens (16)",
-                           "DSG-question caption", "true caption (reference)")}
+                          ("PEZ (full vocabulary)", "PEZ (ShapesWorld words)", "PEZ (ShapesWorld templates)",
+                           "random tokens (16)", "DSG-question caption", "true caption (reference)")}
     examples = []
     for i, (cap, img) in enumerate(zip(captions, targets)):
         target = adapter.image_features([img])
-        inverted = {"PEZ (full vocabulary)": full.invert([img]), "PEZ (ShapesWorld words)": world.invert([img])}
+        inverted = {"PEZ (full vocabulary)": full.invert([img]), "PEZ (ShapesWorld words)": world.invert([img]),
+                    # the same steps split over the templates (each gets steps // templates, at least 100)
+                    "PEZ (ShapesWorld templates)": full.invert_templates(
+                        [img], templates["templates"], templates["slots"],
+                        steps=max(100, steps // len(templates["templates"])))}
         for name, r in inverted.items():
             per[name].setdefault("best_step", []).append(r["best_step"])
         prompts = {
@@ -385,7 +392,8 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
         steps_at = f"{statistics.fmean(v['best_step']):.0f}" if "best_step" in v else ""
         rows.append([name, f"{statistics.fmean(v['text']):.3f}", f"{statistics.fmean(v['regen']):.3f}",
                      f"{min(v['regen']):.3f}..{max(v['regen']):.3f}", steps_at])
-    rep.table(f"E. PEZ on {n_targets} target renders (held-out ShapesWorld prompts), {steps} steps, length 16, "
+    rep.table(f"E. PEZ on {n_targets} target renders (held-out ShapesWorld prompts), {steps} steps, length 16 "
+              f"(templates: the shipped ShapesWorld set, {max(100, steps // len(templates['templates']))} steps each), "
               f"AdamW lr 0.1 wd 0.1; regenerated with offline:t2i on seeds {seeds}; CLIP cosine to the target",
               ["prompt", "text-image cos", "regenerated image cos (mean)", "range over targets",
                "best found at step (mean)"], rows)

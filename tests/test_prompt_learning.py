@@ -232,6 +232,35 @@ def test_pez_inverts_an_image_into_allowed_tokens_better_than_random(sw):
         PEZ(sw, length=80)
 
 
+def test_pez_templates_write_a_sentence_with_the_rendered_objects(sw, tmp_path):
+    import re
+
+    from mmopt.prompt_learning.pez import PEZ, load_templates
+    from mmopt.shapesworld.render import render_caption
+
+    shipped = load_templates("shapesworld")
+    image = render_caption("a red circle above a blue square", 0, 64)
+    pez = PEZ(sw, steps=150, seed=0)
+    r = pez.invert_templates([image], ["a {colour} {shape} {rel} a {colour} {shape}", "{count} {colour} {shapes}"],
+                             shipped["slots"])
+    # the prompt is a sentence of a template, its places filled with slot words
+    words = "|".join(w for ws in shipped["slots"].values() for w in ws)
+    assert re.fullmatch(rf"a ({words}) ({words}) ({words}) a ({words}) ({words})|({words}) ({words}) ({words})",
+                        r["prompt"]), r["prompt"]
+    # and it names what was drawn: the two colours and the two shapes (this small CLIP binds a colour to
+    # its shape weakly: "a blue circle above a red square" is as close to it as the true caption)
+    said = set(r["prompt"].split())
+    assert {"red", "blue"} <= said and {"circle", "square"} <= said, r["prompt"]
+    assert r["similarity"] == max(t["similarity"] for t in r["tried"]) and len(r["tried"]) == 2
+    assert r["similarity"] > pez.similarity_of_text("a green triangle above a yellow diamond", sw.image_features([image]))
+    with pytest.raises(ValueError, match="slot"):
+        pez.invert_template([image], "a {colour} {thing}", shipped["slots"])
+    bad = tmp_path / "t.json"
+    bad.write_text('{"slots": {"colour": ["red"]}, "templates": ["a {colour} {shape}"]}')
+    with pytest.raises(ValueError, match="shape"):
+        load_templates(bad)
+
+
 # --------------------------------------------------------------------------- CoOp family
 
 
@@ -434,10 +463,12 @@ def test_cli_coop_tpt_invert_write_runs(tmp_path, capsys):
     image = tmp_path / "target.png"
     render_caption("a red circle", 0, 64).save(image)
     assert main(["invert", str(image), "--steps", "5", "--length", "4", "--out", out, "--no-progress"]) == 0
+    assert main(["invert", str(image), "--steps", "20", "--templates", "shapesworld", "--out", out,
+                 "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["runs", "--out", out]) == 0
     listed = capsys.readouterr().out
-    assert listed.count("finished") == 4 and "coop 1-shot on count" in listed and "invert 1 image" in listed
+    assert listed.count("finished") == 5 and "coop 1-shot on count" in listed and "invert 1 image" in listed
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.1, help="AdamW weight decay (0.1)")
     p.add_argument("--vocabulary", help="a file of allowed words (one per line), or 'shapesworld' for the "
                                         "ShapesWorld words; default: the whole CLIP vocabulary")
+    p.add_argument("--templates", help="sentence templates with word slots instead of free tokens: "
+                                       "'shapesworld' (shipped) or a JSON file {slots, templates}; "
+                                       "--steps is then split over the templates")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the starting tokens (0)")
     p.add_argument("--optimize", action="store_true", help="refine the first image's prompt in the loop")
     p.add_argument("--generator", default="offline:t2i", help="generator for --optimize (default offline:t2i)")
@@ -65,6 +68,11 @@ def run(args) -> int:
             raise ValueError(f"cannot read image {path!r}: {value}")
         images.append(value)
     vocabulary = _vocabulary(args.vocabulary)
+    from mmopt.prompt_learning.pez import load_templates  # checked before any model loads
+
+    templates = load_templates(args.templates) if args.templates else None
+    if templates and vocabulary:
+        raise ValueError("--templates and --vocabulary do not combine: the templates' slots name their words")
     if args.run_id:
         check_run_id(args.run_id)
     set_threads(args)
@@ -77,7 +85,9 @@ def run(args) -> int:
 
     pez = PEZ(args.clip, length=args.length, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
               vocabulary=vocabulary, seed=args.seed)
-    config = {"command": "invert", "pez": describe(pez), "images": [file_fingerprint(p) for p in args.images]}
+    config = {"command": "invert", "pez": describe(pez), "images": [file_fingerprint(p) for p in args.images],
+              **({"templates": templates} if templates else {})}
+    each = max(1, args.steps // len(templates["templates"])) if templates else args.steps
     run_id = args.run_id or content_key("invert", config)[:16]
     store = Store(args.out)
     results = []
@@ -86,20 +96,25 @@ def run(args) -> int:
             results = [{"prompt": t.prompt, **t.scores} for t in store.load_trials(run_id)]
         else:
             for i, (path, image) in enumerate(zip(args.images, images)):
-                bar, update = progress_callback(args, args.steps, f"invert {Path(path).name}", "step")
+                total = each * len(templates["templates"]) if templates else args.steps
+                bar, update = progress_callback(args, total, f"invert {Path(path).name}", "step")
 
                 def progress(step, steps, best, bar=bar, update=update):
                     update(step)
                     if step % 50 == 0:
                         bar.set_postfix(best=f"{best:.3f}")
 
-                r = pez.invert([image], progress=progress)
+                if templates:
+                    r = pez.invert_templates([image], templates["templates"], templates["slots"], steps=each,
+                                             progress=progress)
+                else:
+                    r = pez.invert([image], progress=progress)
                 bar.close()
                 results.append(r)
                 save_result(store, run_id, i, r["prompt"], {"similarity": r["similarity"],
                             "projected_similarity": r["projected_similarity"]}, "similarity",
                             meta={"image": str(path), "best_step": r["best_step"], "seconds": r["seconds"]},
-                            payload={"token_ids": r["token_ids"]})
+                            payload={"template": r["template"]} if templates else {"token_ids": r["token_ids"]})
             mean = sum(r["similarity"] for r in results) / len(results)
             store.set_status(run_id, "finished", {"best_objective": mean, "prompts": [r["prompt"] for r in results]})
     for path, r in zip(args.images, results):

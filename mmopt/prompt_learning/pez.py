@@ -42,6 +42,52 @@ def project(embeds: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor | N
     return best if allowed is None else allowed[best]
 
 
+def _template_pieces(template: str) -> list[tuple[str, str]]:
+    """``"a {colour} {shape} above"`` -> [("text", "a"), ("slot", "colour"), ("slot", "shape"), ("text", "above")]."""
+    import re
+
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"a template must be a non-empty string such as 'a {{colour}} {{shape}}', got {template!r}")
+    pieces = []
+    for text, name in re.findall(r"([^{}]*)(?:\{(\w+)\})?", template):
+        if text.strip():
+            pieces.append(("text", text.strip()))
+        if name:
+            pieces.append(("slot", name))
+    if not any(kind == "slot" for kind, _ in pieces):
+        raise ValueError(f"the template {template!r} has no {{slot}} to optimise")
+    return pieces
+
+
+def load_templates(name_or_path: str | os.PathLike = "shapesworld") -> dict:
+    """Sentence templates and slot words for :meth:`PEZ.invert_templates`: a shipped set by name
+    (``assets/pez/<name>.json``: ``"shapesworld"``) or a JSON file ``{"slots": {name: [words]},
+    "templates": ["a {colour} {shape}", ...]}``."""
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        text, what = path.read_text(encoding="utf-8"), str(path)
+    else:
+        res = resources.files("mmopt.assets") / "pez" / f"{name_or_path}.json"
+        if not res.is_file():
+            raise ValueError(f"unknown PEZ template set {str(name_or_path)!r}; give 'shapesworld' or a .json file")
+        text, what = res.read_text(encoding="utf-8"), str(name_or_path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"PEZ templates {what!r} are not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("slots"), dict) or not data.get("templates"):
+        raise ValueError(f"PEZ templates {what!r} must be an object with 'slots' (name -> words) and 'templates'")
+    for t in data["templates"]:
+        for kind, name in _template_pieces(t):
+            if kind == "slot" and not data["slots"].get(name):
+                raise ValueError(f"PEZ templates {what!r}: the template {t!r} names {{{name}}}, which 'slots' lacks")
+    return data
+
+
 class PEZ(Configurable):
     """Invert images into a hard prompt of ``length`` vocabulary tokens.
 
@@ -153,6 +199,98 @@ class PEZ(Configurable):
                 "projected_similarity": best[0], "token_ids": best[1].tolist(), "best_step": best[2],
                 "seconds": time.perf_counter() - t0}
 
+    def invert_template(self, images: Sequence[Any], template: str, slots: dict[str, Sequence[str]],
+                        steps: int | None = None,
+                        progress: Callable[[int, int, float], None] | None = None) -> dict:
+        """PEZ inside a sentence: ``template``'s ``{slot}`` places are optimised, its other words kept.
+
+        Each place holds one word of ``slots[name]`` (a word may be several tokens). As in
+        :meth:`invert`, every step projects each place's continuous vector to its nearest
+        word (cosine to the mean of the word's token embeddings), runs the forward pass on
+        the chosen words' tokens and applies their gradient to the vector (straight-through).
+        So the written prompt is always a sentence of the template, which a generator with
+        its own text encoder can read, where free tokens are only read by this CLIP.
+
+        >>> PEZ(steps=200).invert_template([img], "a {colour} {shape}", {"colour": ["red", "blue"],
+        ...     "shape": ["circle", "square"]})["prompt"]                 # doctest: +SKIP
+        'a red circle'
+        """
+        # 1. the template's pieces: fixed token runs and slot places with their words
+        if isinstance(images, (str, os.PathLike)) or not len(images):
+            raise ValueError("images must be a non-empty list of images")
+        pieces = [(kind, value) for kind, value in _template_pieces(template)]
+        for kind, name in pieces:
+            if kind == "slot" and not slots.get(name):
+                raise ValueError(f"the template {template!r} names the slot {{{name}}}, which has no words; "
+                                 f"slots given: {sorted(slots)}")
+        t0 = time.perf_counter()
+        a = self.adapter
+        table = a.token_embedding_matrix.float()
+        words = {name: [w for w in dict.fromkeys(slots[name]) if a.tokenize(w)] for kind, name in pieces
+                 if kind == "slot"}
+        word_ids = {name: [torch.tensor(a.tokenize(w), device=a.device) for w in ws] for name, ws in words.items()}
+        word_vecs = {name: F.normalize(torch.stack([table[ids].mean(0) for ids in idss]), dim=-1)
+                     for name, idss in word_ids.items()}
+        places = [name for kind, name in pieces if kind == "slot"]
+        gen = torch.Generator().manual_seed(self.seed)
+        start = [int(torch.randint(len(words[n]), (1,), generator=gen)) for n in places]
+        vecs = torch.nn.Parameter(torch.stack([table[word_ids[n][k]].mean(0) for n, k in zip(places, start)]))
+        opt = torch.optim.AdamW([vecs], lr=self.lr, weight_decay=self.weight_decay)
+        target = a.image_features(list(images))
+        fixed = {i: torch.tensor(a.tokenize(v), device=a.device, dtype=torch.long)
+                 for i, (kind, v) in enumerate(pieces) if kind == "text"}
+        sot, eot = table[a.sot][None], table[a.eot][None]
+        best = (-2.0, start, 0)
+        steps = self.steps if steps is None else steps
+        # 2. project each place to a word, forward on the words' tokens, straight-through to the vectors
+        for step in range(steps):
+            with torch.no_grad():
+                choice = [int((word_vecs[n] @ F.normalize(vecs[j], dim=-1)).argmax()) for j, n in enumerate(places)]
+            rows, j = [sot], 0
+            for i, (kind, name) in enumerate(pieces):
+                if kind == "text":
+                    rows.append(table[fixed[i]])
+                    continue
+                hard = table[word_ids[name][choice[j]]]
+                rows.append(hard + (vecs[j] - vecs[j].detach())[None])  # value: the word; gradient: to vecs[j]
+                j += 1
+            x = torch.cat([*rows, eot])[None]
+            feat = a.encode_token_embeddings(x, torch.tensor([x.shape[1] - 1], device=a.device))[0]
+            sim = (target @ feat).mean()
+            if float(sim.detach()) > best[0]:
+                best = (float(sim.detach()), choice, step)
+            opt.zero_grad(set_to_none=True)
+            (1 - sim).backward()
+            opt.step()
+            if progress is not None:
+                progress(step + 1, steps, best[0])
+        # 3. the best sentence, scored as written text
+        fill = iter(words[n][k] for n, k in zip(places, best[1]))
+        prompt = " ".join(" ".join(v if kind == "text" else next(fill) for kind, v in pieces).split())
+        return {"prompt": prompt, "similarity": self.similarity_of_text(prompt, target),
+                "projected_similarity": best[0], "best_step": best[2], "template": template,
+                "seconds": time.perf_counter() - t0}
+
+    def invert_templates(self, images: Sequence[Any], templates: Sequence[str], slots: dict[str, Sequence[str]],
+                         steps: int | None = None,
+                         progress: Callable[[int, int, float], None] | None = None) -> dict:
+        """:meth:`invert_template` for each of ``templates`` (``steps`` each); the one whose sentence
+        matches the images best (CLIP cosine of the written text) wins. Adds ``"tried"``: every
+        template's result. ``progress(step, total, best)`` counts steps over all templates."""
+        if isinstance(templates, str) or not templates:
+            raise ValueError(f"templates must be a non-empty list of template strings, got {templates!r}")
+        each = self.steps if steps is None else steps
+        total, tried, best_so_far = each * len(templates), [], -2.0
+        for k, t in enumerate(templates):
+            def step_done(step, _steps, best, k=k):
+                if progress is not None:
+                    progress(k * each + step, total, max(best, best_so_far))
+            tried.append(self.invert_template(images, t, slots, each, progress=step_done))
+            best_so_far = max(best_so_far, tried[-1]["projected_similarity"])
+        best = max(tried, key=lambda r: r["similarity"])
+        return {**best, "tried": [{k: r[k] for k in ("template", "prompt", "similarity")} for r in tried],
+                "seconds": sum(r["seconds"] for r in tried)}
+
     def random_prompt(self, seed: int) -> str:
         """A prompt of ``length`` random allowed tokens (the baseline PEZ must beat)."""
         gen = torch.Generator().manual_seed(seed)
@@ -233,4 +371,4 @@ def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, genera
     return inverted, opt.run(inverted["prompt"])
 
 
-__all__ = ["PEZ", "project", "ImageSimilarityScorer", "image_similarity_from_name", "invert_and_optimize"]
+__all__ = ["PEZ", "project", "load_templates", "ImageSimilarityScorer", "image_similarity_from_name", "invert_and_optimize"]
