@@ -178,7 +178,7 @@ def train_lora(pairs: Sequence[dict], out_dir: str | os.PathLike, *, steps: int 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.3f}")
