@@ -1,6 +1,6 @@
 """`mmopt demo` end to end: where a newcomer's first run spends its time, and what its budget buys.
 
-Three parts, one run:
+Four parts, one run:
 
 A. The command itself, ``mmopt demo --no-progress`` in a fresh folder, ``--repeats``
    times (wall clock of the whole process: interpreter start, imports, model
@@ -54,7 +54,7 @@ print(json.dumps({"imports": t1 - t0, "load": t2 - t1, "run": t3 - t2, "report":
 
 
 def end_to_end(repeats: int) -> dict:
-    walls, spent = [], []
+    walls, gains = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
@@ -63,9 +63,9 @@ def end_to_end(repeats: int) -> dict:
             if proc.returncode != 0:
                 raise SystemExit(f"mmopt demo failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
             held = re.search(r"held-out:\s+([+-][0-9.]+)", proc.stdout)
-            spent.append(float(held.group(1)) if held else float("nan"))
+            gains.append(float(held.group(1)) if held else float("nan"))
     return {"walls": walls, "median": statistics.median(walls), "min": min(walls), "max": max(walls),
-            "heldout_gain": spent[0]}
+            "heldout_gain": gains[0]}
 
 
 def split() -> dict:

@@ -357,6 +357,8 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
     full = PEZ(adapter, steps=steps, seed=0)
     world = PEZ(adapter, steps=steps, seed=0, vocabulary=world_words())
     templates = load_templates("shapesworld")
+    # the same steps split over the templates (each gets steps // templates, at least 100)
+    per_template = max(100, steps // len(templates["templates"]))
     per = {k: {"text": [], "regen": []} for k in
                           ("PEZ (full vocabulary)", "PEZ (ShapesWorld words)", "PEZ (ShapesWorld templates)",
                            "random tokens (16)", "DSG-question caption", "true caption (reference)")}
@@ -364,10 +366,8 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
     for i, (cap, img) in enumerate(zip(captions, targets)):
         target = adapter.image_features([img])
         inverted = {"PEZ (full vocabulary)": full.invert([img]), "PEZ (ShapesWorld words)": world.invert([img]),
-                    # the same steps split over the templates (each gets steps // templates, at least 100)
                     "PEZ (ShapesWorld templates)": full.invert_templates(
-                        [img], templates["templates"], templates["slots"],
-                        steps=max(100, steps // len(templates["templates"])))}
+                        [img], templates["templates"], templates["slots"], steps=per_template)}
         for name, r in inverted.items():
             per[name].setdefault("best_step", []).append(r["best_step"])
         prompts = {
@@ -393,7 +393,7 @@ def pez_section(rep: Report, adapter, quick: bool, steps: int) -> None:
         rows.append([name, f"{statistics.fmean(v['text']):.3f}", f"{statistics.fmean(v['regen']):.3f}",
                      f"{min(v['regen']):.3f}..{max(v['regen']):.3f}", steps_at])
     rep.table(f"E. PEZ on {n_targets} target renders (held-out ShapesWorld prompts), {steps} steps, length 16 "
-              f"(templates: the shipped ShapesWorld set, {max(100, steps // len(templates['templates']))} steps each), "
+              f"(templates: the shipped ShapesWorld set, {per_template} steps each), "
               f"AdamW lr 0.1 wd 0.1; regenerated with offline:t2i on seeds {seeds}; CLIP cosine to the target",
               ["prompt", "text-image cos", "regenerated image cos (mean)", "range over targets",
                "best found at step (mean)"], rows)

@@ -88,6 +88,7 @@ def run(args) -> int:
     config = {"command": "invert", "pez": describe(pez), "images": [file_fingerprint(p) for p in args.images],
               **({"templates": templates} if templates else {})}
     each = max(1, args.steps // len(templates["templates"])) if templates else args.steps
+    total = each * len(templates["templates"]) if templates else args.steps  # steps per image
     run_id = args.run_id or content_key("invert", config)[:16]
     store = Store(args.out)
     results = []
@@ -96,7 +97,6 @@ def run(args) -> int:
             results = [{"prompt": t.prompt, **t.scores} for t in store.load_trials(run_id)]
         else:
             for i, (path, image) in enumerate(zip(args.images, images)):
-                total = each * len(templates["templates"]) if templates else args.steps
                 bar, update = progress_callback(args, total, f"invert {Path(path).name}", "step")
 
                 def progress(step, steps, best, bar=bar, update=update):

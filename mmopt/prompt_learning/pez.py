@@ -218,7 +218,7 @@ class PEZ(Configurable):
         # 1. the template's pieces: fixed token runs and slot places with their words
         if isinstance(images, (str, os.PathLike)) or not len(images):
             raise ValueError("images must be a non-empty list of images")
-        pieces = [(kind, value) for kind, value in _template_pieces(template)]
+        pieces = _template_pieces(template)
         for kind, name in pieces:
             if kind == "slot" and not slots.get(name):
                 raise ValueError(f"the template {template!r} names the slot {{{name}}}, which has no words; "
@@ -226,9 +226,11 @@ class PEZ(Configurable):
         t0 = time.perf_counter()
         a = self.adapter
         table = a.token_embedding_matrix.float()
-        words = {name: [w for w in dict.fromkeys(slots[name]) if a.tokenize(w)] for kind, name in pieces
-                 if kind == "slot"}
-        word_ids = {name: [torch.tensor(a.tokenize(w), device=a.device) for w in ws] for name, ws in words.items()}
+        # each slot's words that have tokens, tokenised once
+        tokens = {name: {w: a.tokenize(w) for w in dict.fromkeys(slots[name])} for kind, name in pieces
+                  if kind == "slot"}
+        words = {name: [w for w, ids in ws.items() if ids] for name, ws in tokens.items()}
+        word_ids = {name: [torch.tensor(tokens[name][w], device=a.device) for w in ws] for name, ws in words.items()}
         word_vecs = {name: F.normalize(torch.stack([table[ids].mean(0) for ids in idss]), dim=-1)
                      for name, idss in word_ids.items()}
         places = [name for kind, name in pieces if kind == "slot"]
