@@ -86,6 +86,13 @@ def _parse_args(argv):
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core machine more threads wait on each other)")
     p.add_argument("--llm-threads", type=int, default=1, help="llama.cpp threads for the embedded LLM")
+    p.add_argument("--rescore", default=None, metavar="FILE",
+                   help="take the searches recorded in FILE (a results.jsonl of the same settings but another "
+                        "--heldout) and score their chosen prompts on this run's held-out seeds instead of "
+                        "searching again (the search never sees held-out seeds); see --verify")
+    p.add_argument("--verify", type=int, default=2,
+                   help="with --rescore: search the first VERIFY prompts again and stop unless every budget "
+                        "chooses the recorded prompt")
     p.add_argument("--table-only", action="store_true",
                    help="run nothing: write the table and plot from what OUT/results.jsonl holds")
     p.add_argument("--quick", action="store_true",
@@ -126,17 +133,14 @@ def _objective(components: dict, intent: bool, drift_min: float):
     return Objective.for_scorers(scorers, weights, constraints)
 
 
-def run_prompt(prompt: str, method: str, args, components: dict) -> dict:
-    """One (prompt, method): at every budget the chosen prompt, its scores, and its held-out DSG."""
+def heldout_judge(prompt: str, args, components: dict):
+    """``held(candidate)``: the candidate's DSG for ``prompt`` on the held-out seeds (memoised)."""
     from mmopt import registry
     from mmopt.optimizer import Budget, Optimizer
 
-    gen, cache = components["generator"], components["cache"]
-    dsg, intent_check = components["dsg"], components["intent"]
     heldout = list(range(HELDOUT_BASE, HELDOUT_BASE + args.heldout))
-    top = args.budgets[-1]
-    t0 = time.time()
-    judge = Optimizer(gen, [dsg], registry.create("proposer", "edits", reuse=False), seeds=args.seeds, cache=cache,
+    judge = Optimizer(components["generator"], [components["dsg"]], registry.create("proposer", "edits", reuse=False),
+                      seeds=args.seeds, cache=components["cache"],
                       budget=Budget(iterations=1))  # only its evaluate_prompts is used: the held-out scores
     memo: dict = {}
 
@@ -144,6 +148,57 @@ def run_prompt(prompt: str, method: str, args, components: dict) -> dict:
         if cand not in memo:
             memo[cand] = judge.evaluate_prompts(prompt, [cand], heldout)[0].objective
         return memo[cand]
+
+    return held
+
+
+def rescore_record(rec: dict, args, components: dict) -> dict:
+    """A finished (prompt, method) record with its held-out scores taken again on this run's held-out
+    seeds. The search never sees the held-out seeds (they are only the judge's), so its choices at
+    every budget stand as recorded; only ``heldout`` and ``original_heldout`` change."""
+    from mmopt.types import Candidate
+
+    held = heldout_judge(rec["prompt"], args, components)
+    rows = []
+    for row in rec["rows"]:
+        chosen = Candidate(row["best_prompt"], negative=row.get("best_negative"))
+        rows.append({**row, "heldout": held(chosen), "original_heldout": held(Candidate(rec["prompt"]))})
+    return {**rec, "rows": rows}
+
+
+def _recorded_searches(args, key_cfg: dict) -> dict:
+    """(prompt, method) -> record of ``args.rescore`` whose settings are this run's but for the held-out count."""
+    same = {k: v for k, v in key_cfg.items() if k != "heldout"}
+    recorded = {}
+    for line in Path(args.rescore).read_text().splitlines():
+        r = json.loads(line)
+        if {k: v for k, v in (r.get("config") or {}).items() if k != "heldout"} == same:
+            recorded[(r["prompt"], r["method"])] = r
+    if not recorded:
+        raise SystemExit(f"--rescore {args.rescore}: no record with this run's settings ({same}); expected a "
+                         "results.jsonl written with the same budgets, seeds, candidates and intent settings")
+    return recorded
+
+
+def _check_same_choices(fresh: dict, old: dict) -> None:
+    """Stop unless a repeated search chose, at every budget, the prompt the recorded one chose."""
+    now = [(row["budget"], row["best_prompt"], row.get("best_negative")) for row in fresh["rows"]]
+    then = [(row["budget"], row["best_prompt"], row.get("best_negative")) for row in old["rows"]]
+    if now != then:
+        raise SystemExit(f"--rescore: searching {fresh['prompt']!r} with {fresh['method']} again chose {now}, "
+                         f"the record chose {then}; the recorded searches do not reproduce here, run them again")
+
+
+def run_prompt(prompt: str, method: str, args, components: dict) -> dict:
+    """One (prompt, method): at every budget the chosen prompt, its scores, and its held-out DSG."""
+    from mmopt import registry
+    from mmopt.optimizer import Budget, Optimizer
+
+    gen, cache = components["generator"], components["cache"]
+    dsg, intent_check = components["dsg"], components["intent"]
+    top = args.budgets[-1]
+    t0 = time.time()
+    held = heldout_judge(prompt, args, components)
 
     if method == BASELINE:
         # the original prompt on `top` seeds; the first B of them form budget B
@@ -337,12 +392,19 @@ def main(argv=None) -> dict:
             if r.get("config") == key_cfg:
                 records.append(r)
                 done.add((r["prompt"], r["method"]))
+    recorded = _recorded_searches(args, key_cfg) if args.rescore else {}
     with path.open("a") as f:
         for i, prompt in enumerate([] if args.table_only else prompts):
             for m in args.methods:
                 if (prompt, m) in done:
                     continue
-                rec = run_prompt(prompt, m, args, components)
+                old = recorded.get((prompt, m))
+                if old is not None and i >= args.verify:
+                    rec = {**rescore_record(old, args, components), "rescored_from": args.rescore}
+                else:
+                    rec = run_prompt(prompt, m, args, components)
+                    if old is not None:
+                        _check_same_choices(rec, old)
                 rec["config"] = key_cfg
                 f.write(json.dumps(rec) + "\n")
                 f.flush()

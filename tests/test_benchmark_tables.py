@@ -46,3 +46,28 @@ def test_methods_are_validated(bench):
         bench._parse_args(["--methods", "best-of-N,magic/topk"])
     with pytest.raises(ValueError, match="budget must be >="):
         bench._parse_args(["--budgets", "2", "--seeds", "4"])
+
+
+def test_rescore_keeps_the_recorded_choices_and_scores_them_on_the_new_heldout_seeds(bench):
+    """``--rescore``: the recorded search stands, only its held-out scores are taken again (real
+    ShapesWorld generator and DSG), and a repeated search that chose otherwise stops the run."""
+    from argparse import Namespace
+
+    from mmopt import registry
+    from mmopt.cache import Cache
+
+    intent, better = "a red circle to the left of a blue square", "a red circle left of a blue square"
+    components = {"generator": registry.create("generator", "offline:t2i"),
+                  "dsg": registry.create("scorer", "offline:dsg"), "cache": Cache(":memory:")}
+    old = {"prompt": intent, "method": "edits/halving", "seconds": 9.0,
+           "rows": [{"budget": 8, "best_prompt": intent, "heldout": -1.0, "original_heldout": -1.0, "search": 0.5},
+                    {"budget": 16, "best_prompt": better, "heldout": -1.0, "original_heldout": -1.0, "search": 0.7}]}
+    args = Namespace(heldout=2, seeds=2)
+    new = bench.rescore_record(old, args, components)
+    held = bench.heldout_judge(intent, args, components)
+    assert [r["best_prompt"] for r in new["rows"]] == [intent, better] and new["seconds"] == 9.0
+    assert new["rows"][0]["heldout"] == new["rows"][0]["original_heldout"] == new["rows"][1]["original_heldout"]
+    assert new["rows"][1]["heldout"] == pytest.approx(held(better)) and new["rows"][1]["search"] == 0.7
+    assert 0.0 <= new["rows"][0]["heldout"] <= 1.0
+    with pytest.raises(SystemExit, match="do not reproduce"):
+        bench._check_same_choices(new, {**old, "rows": [old["rows"][0], {**old["rows"][1], "best_prompt": intent}]})
