@@ -5,7 +5,7 @@ A run's page lives in the run's folder (``OUT/runs/<run_id>/report.html``) and
 links the PNGs beside it by relative path, so the folder can be zipped or
 served as it is: every iteration's prompts, images and scores, the original
 and the best prompt side by side on the same seeds, the score trajectory
-(a matplotlib PNG embedded in the page), the word diff of the best prompt
+(inline SVG, drawn without a plotting library), the word diff of the best prompt
 against the original and the failed DSG questions of every candidate.
 
 A batch's page (``OUT/report.html``) has per-category tables and plots, the
@@ -180,25 +180,43 @@ def _figure():
     return Figure(figsize=(6, 3))
 
 
-def trajectory_png(trials) -> str | None:
-    """The score trajectory of a run as an embeddable PNG (data URI): every trial's objective
-    by iteration, and the best feasible objective so far."""
-    fig = _figure()
-    if fig is None:
-        return None
-    from mmopt.optimizer import choose_best
-
-    ax = fig.add_subplot(1, 1, 1)
+def trajectory_svg(trials, width: int = 480, height: int = 220) -> str:
+    """The score trajectory of a run as inline SVG (no plotting library, so every install has it):
+    every trial's objective by iteration (blue: feasible, red: not), and the best feasible so far."""
     its = sorted({t.iteration for t in trials})
-    ax.scatter([t.iteration for t in trials], [t.objective for t in trials], s=14, alpha=0.6,
-               c=["tab:blue" if t.feasible else "tab:red" for t in trials], label="candidates")
     best = [choose_best([t for t in trials if t.iteration <= i]).objective for i in its]
-    ax.plot(its, best, color="tab:green", marker="o", label="best so far")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("objective")
-    ax.set_xticks(its)
-    ax.legend(loc="lower right", fontsize=8)
-    return _png_data_uri(fig)
+    ys = [t.objective for t in trials] + best
+    lo, hi = min(ys), max(ys)
+    if hi - lo < 1e-9:  # a flat run still gets a readable axis
+        lo, hi = lo - 0.5, hi + 0.5
+    left, right, top, bottom = 48, 12, 10, 30
+    span = max(1, its[-1] - its[0])
+
+    def x(i):
+        return left + (i - its[0]) / span * (width - left - right)
+
+    def y(v):
+        return top + (hi - v) / (hi - lo) * (height - top - bottom)
+
+    out = [f"<svg class='plot' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+           f"viewBox='0 0 {width} {height}' role='img' aria-label='score trajectory'>",
+           f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>",
+           f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#888'/>"]
+    for v in (lo, (lo + hi) / 2, hi):  # three ticks on the objective axis
+        out.append(f"<text x='{left - 4}' y='{y(v) + 4:.1f}' font-size='10' text-anchor='end'>{v:.3f}</text>")
+    for i in its:
+        out.append(f"<text x='{x(i):.1f}' y='{height - bottom + 14}' font-size='10' text-anchor='middle'>{i}</text>")
+    out.append(f"<text x='{(left + width - right) / 2:.1f}' y='{height - 2}' font-size='10' "
+               "text-anchor='middle'>iteration</text>")
+    for t in trials:
+        colour = "#1f77b4" if t.feasible else "#d62728"
+        out.append(f"<circle cx='{x(t.iteration):.1f}' cy='{y(t.objective):.1f}' r='3' fill='{colour}' "
+                   f"fill-opacity='0.6'><title>#{t.index}: {t.objective:.3f}</title></circle>")
+    points = " ".join(f"{x(i):.1f},{y(b):.1f}" for i, b in zip(its, best))
+    out.append(f"<polyline points='{points}' fill='none' stroke='#2ca02c' stroke-width='2'/>")
+    out.append(f"<text x='{width - right}' y='{top + 10}' font-size='10' text-anchor='end' fill='#2ca02c'>"
+               "best so far</text></svg>")
+    return "".join(out)
 
 
 def _img(store, run_id: str, g: dict, rel_to: Path) -> str:
@@ -226,9 +244,7 @@ def _run_extras(store, run_id: str, trials, best, original, summary: dict) -> li
     parts.append("</table>")
     parts.append("<h2>Best prompt against the original</h2><p class='diff'><code>"
                  + word_diff_html(original.prompt, best.prompt) + "</code></p>")
-    uri = trajectory_png(trials)
-    parts.append("<h2>Score trajectory</h2>" + (f"<img class='plot' src='{uri}' alt='score trajectory'>" if uri
-                                               else "<p>(install matplotlib for the plot)</p>"))
+    parts.append("<h2>Score trajectory</h2>" + trajectory_svg(trials))
     rows = []
     for t in trials:
         failed = t.failed_questions()
