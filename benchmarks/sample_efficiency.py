@@ -29,6 +29,8 @@ one (prompt, method) at a time, so a stopped run resumes; ``OUT/table.md`` and
 
     python benchmarks/sample_efficiency.py --out runs/sample_eff --methods best-of-N,edits/halving
     python benchmarks/sample_efficiency.py --quick --out runs/sample_quick      # smoke: ~1 min
+    # the same searches judged on 32 held-out seeds (re-scores the recorded choices; searches 2 again)
+    python benchmarks/sample_efficiency.py --out runs/sample_eff32 --heldout 32 --rescore runs/sample_eff/results.jsonl
 
 On 2 shared CPU cores one method costs roughly 1-2 minutes per prompt for the three
 budgets with ``--torch-threads 1`` (LLM methods more: ``--llm-threads``).
