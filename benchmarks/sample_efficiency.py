@@ -161,20 +161,22 @@ def rescore_record(rec: dict, args, components: dict) -> dict:
     from mmopt.types import Candidate
 
     held = heldout_judge(rec["prompt"], args, components)
-    rows = []
-    for row in rec["rows"]:
-        chosen = Candidate(row["best_prompt"], negative=row.get("best_negative"))
-        rows.append({**row, "heldout": held(chosen), "original_heldout": held(Candidate(rec["prompt"]))})
+    original = held(Candidate(rec["prompt"]))
+    rows = [{**row, "heldout": held(Candidate(row["best_prompt"], negative=row.get("best_negative"))),
+             "original_heldout": original} for row in rec["rows"]]
     return {**rec, "rows": rows}
 
 
 def _recorded_searches(args, key_cfg: dict) -> dict:
     """(prompt, method) -> record of ``args.rescore`` whose settings are this run's but for the held-out count."""
-    same = {k: v for k, v in key_cfg.items() if k != "heldout"}
+    def settings(cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k != "heldout"}
+
+    same = settings(key_cfg)
     recorded = {}
     for line in Path(args.rescore).read_text().splitlines():
         r = json.loads(line)
-        if {k: v for k, v in (r.get("config") or {}).items() if k != "heldout"} == same:
+        if settings(r.get("config") or {}) == same:
             recorded[(r["prompt"], r["method"])] = r
     if not recorded:
         raise SystemExit(f"--rescore {args.rescore}: no record with this run's settings ({same}); expected a "
@@ -184,8 +186,10 @@ def _recorded_searches(args, key_cfg: dict) -> dict:
 
 def _check_same_choices(fresh: dict, old: dict) -> None:
     """Stop unless a repeated search chose, at every budget, the prompt the recorded one chose."""
-    now = [(row["budget"], row["best_prompt"], row.get("best_negative")) for row in fresh["rows"]]
-    then = [(row["budget"], row["best_prompt"], row.get("best_negative")) for row in old["rows"]]
+    def choices(rec: dict) -> list:
+        return [(row["budget"], row["best_prompt"], row.get("best_negative")) for row in rec["rows"]]
+
+    now, then = choices(fresh), choices(old)
     if now != then:
         raise SystemExit(f"--rescore: searching {fresh['prompt']!r} with {fresh['method']} again chose {now}, "
                          f"the record chose {then}; the recorded searches do not reproduce here, run them again")
