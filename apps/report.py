@@ -214,8 +214,8 @@ def trajectory_svg(trials, width: int = 480, height: int = 220) -> str:
                    f"fill-opacity='0.6'><title>#{t.index}: {t.objective:.3f}</title></circle>")
     points = " ".join(f"{x(i):.1f},{y(b):.1f}" for i, b in zip(its, best))
     out.append(f"<polyline points='{points}' fill='none' stroke='#2ca02c' stroke-width='2'/>")
-    out.append(f"<text x='{width - right}' y='{top + 10}' font-size='10' text-anchor='end' fill='#2ca02c'>"
-               "best so far</text></svg>")
+    # the label goes top left: a best-so-far line never falls, so that corner stays clear of it
+    out.append(f"<text x='{left + 6}' y='{top + 10}' font-size='10' fill='#2ca02c'>best so far</text></svg>")
     return "".join(out)
 
 
