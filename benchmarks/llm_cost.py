@@ -19,6 +19,11 @@ by prompt so the machine's load hits all alike:
   iteration's prompts while the current ones render (``Optimizer(lookahead=True)``):
   the proposals are conditioned on a history one iteration older, so they
   differ from the serial run's;
+* ``opt2i/list+append``, ``opt2i/parallel+append``: the same two requests under the
+  ``append`` strategy (OPT2I's top-10, frozen between compactions and shown in trial
+  order, so each request's meta-prompt is the last one plus new lines at its end and
+  llama.cpp re-reads only those): the history differs from top-10's, so the
+  proposals do too;
 * ``concepts``: concept-level refinement (one list request per proposal);
 * ``textgrad``: textual gradients (a critique, then an edit, then a paraphrase:
   three requests per proposal).
@@ -50,8 +55,8 @@ LEGACY_TEMPLATE = (
     "position of the request, add concrete visual detail, and make each prompt different from the ones above. "
     "Reply with a numbered list only.\n"
 )
-CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead", "concepts",
-           "textgrad")
+CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead",
+           "opt2i/list+append", "opt2i/parallel+append", "opt2i/list+append+lookahead", "concepts", "textgrad")
 
 
 class _NoStop:
@@ -106,7 +111,7 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     calls = []
     opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
                     seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget),
-                    lookahead=config.endswith("+lookahead"))
+                    lookahead="+lookahead" in config, strategy="append" if "+append" in config else None)
     inner = proposer.propose
     llm = parts["legacy_llm"] if config == "opt2i/legacy" else parts["llm"]
 
@@ -161,6 +166,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--candidates", type=int, default=4)
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--llm", default="smollm2", help="the LLM of every configuration but the legacy one (a registry "
+                   "name, e.g. gguf:/path/model.gguf)")
     p.add_argument("--out", default=None, help="write the rows (JSONL) and the table (.md) here")
     args = p.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -180,7 +187,7 @@ def main(argv=None) -> None:
     gen = registry.create("generator", preset["generator"])
     scorers = [registry.create("scorer", s) for s in preset["scorers"]]
     objective = Objective.for_scorers(scorers, preset.get("weights"))
-    llm = registry.create("llm", "smollm2")
+    llm = registry.create("llm", args.llm)
     # the legacy request ran llama.cpp on half the cores
     legacy_llm = load_gguf(embedded_smollm2_path(), n_threads=max(1, (os.cpu_count() or 2) // 2), reuse_prefix=False)
     parts = {"generator": gen, "scorers": scorers, "objective": objective, "llm": llm, "legacy_llm": legacy_llm}

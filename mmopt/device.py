@@ -5,6 +5,7 @@ torch is imported inside the functions so that importing this module (and
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 #: ``torch.compile`` modes a generator or scorer accepts ("reduce-overhead" = CUDA graphs).
@@ -78,6 +79,28 @@ def _cpu_busy_jiffies() -> tuple[int, int] | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+@contextlib.contextmanager
+def torch_threads_beside(other_work: bool, cores: int = 1):
+    """torch's CPU threads lowered by ``cores`` (to at least 1) while ``other_work`` runs beside it.
+
+    A lookahead LLM call decodes on one core while the generator renders: torch's
+    threads spin while they wait, so with every core in torch's pool both run several
+    times slower than on cores of their own (on 2 cores, 1 + 1 is faster than 2 + 1).
+    Restored on exit; nothing changes when ``other_work`` is false or torch is not in use.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if other_work and torch is not None else 1
+    if before > 1:
+        torch.set_num_threads(max(1, before - cores))
+    try:
+        yield
+    finally:
+        if before > 1:
+            torch.set_num_threads(before)
 
 
 def free_cpu_cores(window_s: float = 0.05) -> int:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 from mmopt.cache import Cache, content_key
 from mmopt.candidates import admit
 from mmopt.component import describe
-from mmopt.device import release_free_host_memory
+from mmopt.device import release_free_host_memory, torch_threads_beside
 from mmopt.errors import LLMUnavailableError, StopRequested
 from mmopt.evaluator import Evaluated, Evaluator, Executors
 from mmopt.objective import Objective
@@ -601,14 +601,17 @@ class Optimizer:
                     ahead = self._propose_ahead(run, iteration + 1, run.images + len(todo) * n_seeds_new,
                                                 proposals)
                 if todo or rescore:
-                    for trial, updated in self._evaluate(run, iteration, todo, self.pool[:n_seeds_new], rescore):
-                        if updated:
-                            pos = next(i for i, t in enumerate(run.trials) if t.index == trial.index)
-                            run.trials[pos] = trial
-                            self._emit("rescore", trial=trial, run_id=run_id)
-                        else:
-                            run.trials.append(trial)
-                            self._emit("trial", trial=trial, run_id=run_id)
+                    # a lookahead proposal decodes on a core of its own while this renders
+                    with torch_threads_beside(ahead is not None):
+                        for trial, updated in self._evaluate(run, iteration, todo, self.pool[:n_seeds_new],
+                                                             rescore):
+                            if updated:
+                                pos = next(i for i, t in enumerate(run.trials) if t.index == trial.index)
+                                run.trials[pos] = trial
+                                self._emit("rescore", trial=trial, run_id=run_id)
+                            else:
+                                run.trials.append(trial)
+                                self._emit("trial", trial=trial, run_id=run_id)
                 run.images = self._images(run.trials)
                 # hand freed image buffers back to the OS (off the main thread) once they add up
                 run.executors.writer.submit(release_free_host_memory, HOST_TRIM_MB)
@@ -828,7 +831,7 @@ class Optimizer:
                 prompt_style=getattr(self.generator, "prompt_style", "sentences"),
                 max_prompt_tokens=getattr(self.generator, "max_prompt_tokens", 77), protected=run.protected,
                 pending=tuple(pending), media_kind=getattr(self.generator, "media_kind", "image"), screen=screen,
-                rejected=tuple(run.rejected),
+                rejected=tuple(run.rejected), layout=getattr(self.strategy, "layout", "ranked"),
             )
             # 1. the strategy's own candidates (crossover), then the proposer's
             offspring_fn = _hook(self.strategy, "offspring")

@@ -89,6 +89,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "strategy": {
         "topk": "mmopt.strategies:topk",
+        "append": "mmopt.strategies:append",
         "beam": "mmopt.strategies:beam",
         "greedy": "mmopt.strategies:greedy",
         "halving": "mmopt.strategies:halving",

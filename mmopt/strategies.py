@@ -6,7 +6,10 @@ it as it is and never re-sort or re-filter it. The order is the one the
 OPT2I meta-prompt uses: worst first, best last, with every infeasible trial
 before every feasible one (so the last line is always the best trial that
 meets the constraints, and a trial that broke one is never presented as the
-best). Each trial carries its label (``Trial.status``) and feedback.
+best). Each trial carries its label (``Trial.status``) and feedback. A strategy may
+also ask for another *layout* of the same trials in a text prompt (``layout``:
+``"appended"`` shows them in the order they were tried; the default ``"ranked"``
+shows the history's own order).
 
 A strategy may decide more than the history. The loop in
 :mod:`mmopt.optimizer` asks it, through optional hooks whose defaults keep the
@@ -28,7 +31,9 @@ then further ones), so two trials with ``n`` seeds were rendered on the same
 ``n`` seeds and compare paired; ``Trial.meta["per_seed"]`` holds the
 objective of each seed.
 
-OPT2I conditions on the top-k trials so far (``TopKHistory``); a beam keeps
+OPT2I conditions on the top-k trials so far (``TopKHistory``; ``AppendedHistory``
+freezes that set between compactions so that a local LLM's meta-prompt only grows,
+and sets ``layout = "appended"``: the proposer shows it in trial order); a beam keeps
 fewer, stronger parents and forgets the rest (``BeamHistory``); successive
 halving (``SuccessiveHalving``), a UCB bandit (``UCBBandit``) and an
 evolutionary search (``Evolution``) spend seeds where they tell most. New
@@ -157,6 +162,9 @@ class SearchStrategy(Configurable):
     """
 
     name = "strategy"
+    #: how the proposer should lay the history out in a text prompt: "ranked" (its own order,
+    #: worst to best) or "appended" (the same trials in the order they were tried; see AppendedHistory)
+    layout = "ranked"
 
     def __init__(self, *, confirm: int | None = None, confirm_seeds: int = 4, report_seeds: int | None = None):
         _check_int(confirm, "confirm (trials re-scored on fresh seeds)", 1, allow_none=True)
@@ -211,6 +219,43 @@ class TopKHistory(SearchStrategy):
 
     def history(self, trials: Sequence[Trial]) -> list[Trial]:
         return display_order(_top(trials, self.k))
+
+
+class AppendedHistory(SearchStrategy):
+    """OPT2I's top-k history, chosen so that the meta-prompt only grows: best for a local LLM.
+
+    A local LLM spends much of a rewrite request re-reading the meta-prompt, and it
+    can reuse its cache only for the part that has not changed since the last
+    request. A top-k history sorted worst to best changes from its first line as soon
+    as a new trial ranks anywhere, so nearly all of it is read again each iteration.
+    This strategy freezes the set instead: it shows the ``k`` best trials at the last
+    *compaction* plus every trial since, and compacts each time ``k`` more trials have
+    been scored (so it shows fewer than ``2k``; it depends on trial counts only, hence the same
+    on resume). ``layout = "appended"`` asks the proposer to show these trials in the
+    order they were tried: between compactions each request's history is the previous
+    one with the new trials' lines at the end, and only those lines are read anew.
+
+    The history is still returned in display order (worst to best, best last), as every
+    strategy's is; only its layout in the meta-prompt differs.
+
+    >>> ts = [Trial(i, 0, f"p{i}", o, {}) for i, o in enumerate([0.1, 0.5, 0.3, 0.2, 0.9])]
+    >>> [t.prompt for t in AppendedHistory(2).history(ts)]      # the best 2 of the first 4, then p4
+    ['p2', 'p1', 'p4']
+    """
+
+    name = "append"
+    layout = "appended"
+
+    def __init__(self, k: int = 10, **confirm: Any):
+        _check_int(k, "history size k", 1)
+        super().__init__(**confirm)
+        self.k = k
+        self._register(k=k)
+
+    def history(self, trials: Sequence[Trial]) -> list[Trial]:
+        trials = sorted(trials, key=lambda t: t.index)
+        cut = self.k * (len(trials) // self.k)  # the last compaction: the last multiple of k trials
+        return display_order(_top(trials[:cut], self.k) + trials[cut:])
 
 
 class BeamHistory(SearchStrategy):
@@ -606,7 +651,7 @@ class TPESearch(SearchStrategy):
         return out
 
 
-STRATEGIES = {"topk": TopKHistory, "beam": BeamHistory, "halving": SuccessiveHalving, "ucb": UCBBandit,
+STRATEGIES = {"topk": TopKHistory, "append": AppendedHistory, "beam": BeamHistory, "halving": SuccessiveHalving, "ucb": UCBBandit,
               "evolve": Evolution, "tpe": TPESearch}
 
 
@@ -629,6 +674,12 @@ def greedy(rest: str = "", **kwargs) -> TopKHistory:
     """Registry factory for ``"greedy"``: OPRO's sorted history of the 20 best (``"greedy:K"`` for K)."""
     k = _int_arg(rest, "greedy history size")
     return TopKHistory(k or kwargs.pop("k", 20), **kwargs)
+
+
+def append(rest: str = "", **kwargs) -> AppendedHistory:
+    """Registry factory for ``"append"`` / ``"append:10"`` (k)."""
+    k = _int_arg(rest, "append history size")
+    return AppendedHistory(k, **kwargs) if k is not None else AppendedHistory(**kwargs)
 
 
 def beam(rest: str = "", **kwargs) -> BeamHistory:

@@ -317,6 +317,9 @@ class SearchState:
     ``trials`` is every trial so far in the order they were evaluated;
     ``pending`` the candidates being rendered while this proposal is made
     (``Optimizer(lookahead=True)``): already tried, scores not known yet.
+    ``layout`` is how the strategy wants the history laid out in a text prompt:
+    ``"ranked"`` (as ordered) or ``"appended"`` (the same trials by ``Trial.index``,
+    so that the text only grows between iterations and a local LLM reuses its cache).
     ``media_kind`` is what the generator renders (its ``media_kind``: ``"image"`` or
     ``"video"``), so a rewriter can write for it.
     ``screen`` (when the loop checks constraints on the text before rendering,
@@ -338,6 +341,7 @@ class SearchState:
     media_kind: str = "image"
     screen: Any = None
     rejected: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    layout: str = "ranked"
 
     @property
     def best(self) -> Trial | None:

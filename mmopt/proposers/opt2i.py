@@ -4,7 +4,9 @@ After Manas et al. 2024 ("Improving Text-to-Image Consistency via Automatic
 Prompt Optimization"): the LLM sees the user's intent, the scored history the
 strategy chose (worst to best, the strategy's order, never re-sorted here;
 a trial that broke a constraint is labelled as such, so it is never shown as
-the best), and the scorer's feedback, and is asked for N distinct revisions. Here the meta-prompt also states the
+the best; a strategy whose ``layout`` is ``"appended"`` has it shown in trial
+order instead, so the meta-prompt only grows and a local LLM re-reads only its
+end), and the scorer's feedback, and is asked for N distinct revisions. Here the meta-prompt also states the
 generator's prompt style (tags or sentences), its token budget, and the
 protected spans that must appear verbatim. The template is data:
 ``assets/templates/opt2i.txt`` with ``$placeholders``.
@@ -40,7 +42,9 @@ log = logging.getLogger(__name__)
 
 SYSTEM_MESSAGE = "You are an expert prompt engineer for text-to-image models."
 PLACEHOLDERS = ("intent", "style", "max_tokens", "max_words", "protected_block", "history", "feedback_block",
-                "n", "s")
+                "n", "s", "order")
+#: ``$order``: how the history lines are ordered, by the strategy's layout
+_ORDER_TEXT = {"ranked": "worst to best", "appended": "in the order they were tried"}
 MODES = ("list", "parallel")
 #: The video template's word cap (RAPO++ and Prompt-A-Video rewrite to about 120 words).
 VIDEO_MAX_WORDS = 120
@@ -191,8 +195,9 @@ class OPT2IProposer:
         self.feedback_chars = feedback_chars
         self.inline_feedback = bool(inline_feedback)
         # The template's own words, to spot a reply that echoes the instructions.
-        self._static = " ".join(string.Template.pattern.sub(" ", self.template + " " + self.video_template)
-                                .lower().split())
+        texts = [t.replace("$order", order) for t in (self.template, self.video_template)
+                 for order in _ORDER_TEXT.values()]
+        self._static = " ".join(string.Template.pattern.sub(" ", " ".join(texts)).lower().split())
         self.name = f"opt2i({getattr(llm, 'name', type(llm).__name__)})"
         self.last_stats: dict = {}
 
@@ -234,10 +239,24 @@ class OPT2IProposer:
         """The chat messages of the meta-prompt for ``state``, asking for ``n`` revisions."""
         history = list(state.history)  # the strategy's choice and order: shown as it is
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
-        # prompts still being rendered (lookahead) come first, unscored, so the LLM neither
-        # repeats them nor reads them as the best so far (the best is last)
-        lines = [f"{p} | not scored yet" for p in state.pending]
-        feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
+        appended = state.layout == "appended"
+        pending = [f"{p} | not scored yet" for p in state.pending]
+        if appended:
+            # the strategy's "appended" layout: the same trials in the order they were tried, and
+            # remarks on each trial that beat every line above it (fixed once written), so the
+            # text only grows from one request to the next and the LLM re-reads only the new end
+            history = sorted(history, key=lambda t: t.index)
+            feedback, best = [], None
+            for t in history:
+                if t.feasible and (best is None or t.objective > best) and t.feedback and t.feedback.strip():
+                    feedback.append(t)
+                best = t.objective if t.feasible and (best is None or t.objective > best) else best
+            lines = []
+        else:
+            # prompts still being rendered (lookahead) come first, unscored, so the LLM neither
+            # repeats them nor reads them as the best so far (the best is last)
+            feedback = [t for t in reversed(history) if t.feedback and t.feedback.strip()][: self.max_feedback]
+            lines, pending = pending, []
         inline = {t.index: self.remarks(t) for t in feedback} if self.inline_feedback else {}
         if history:
             # a long rewrite is shown cut (a small LLM's rambling would otherwise fill the prompt)
@@ -245,6 +264,7 @@ class OPT2IProposer:
             lines += [self.history_line(t, inline.get(t.index, ""), cap) for t in history]
         elif not state.pending:
             lines = [f"{intent} | not scored yet"]
+        lines += pending  # appended: the prompts being rendered are the newest, so they come last
         feedback_block = ""
         if feedback and not self.inline_feedback:
             items = [f'- for "{t.prompt}": {" ".join(t.feedback.split())[:self.feedback_chars]}' for t in feedback]
@@ -257,6 +277,7 @@ class OPT2IProposer:
         template = self.video_template if state.media_kind == "video" else self.template
         text = string.Template(template).safe_substitute(
             intent=intent, style=style, max_tokens=state.max_prompt_tokens, n=n, s="" if n == 1 else "s",
+            order=_ORDER_TEXT.get(state.layout, _ORDER_TEXT["ranked"]),
             max_words=self.video_max_words,
             protected_block=protected_block, history="\n".join(lines), feedback_block=feedback_block,
         )
