@@ -517,3 +517,43 @@ def test_pez_prompt_seeds_the_optimization_loop(sw, tmp_path):
     assert [t.prompt for t in result.trials] == [inverted["prompt"], "a red circle"]
     assert result.best.objective >= result.original.objective
     assert list(result.best.scores) == ["imagesim:offline:clip"]
+
+
+def test_pez_tried_sentences_are_chosen_by_how_the_generator_renders_them(sw, tmp_path, capsys):
+    """The generator, not CLIP's text match, picks among the templates' sentences; the pick wins on unseen seeds."""
+    from mmopt import registry
+    from mmopt.cli import main
+    from mmopt.prompt_learning.pez import invert_and_optimize
+    from mmopt.shapesworld.render import render_caption
+
+    truth = "a red circle to the left of a blue square"
+    image = render_caption(truth, 0, 64)
+    # PEZ's answer (its best text match) names the wrong shapes; another template wrote the true caption
+    # (this small CLIP barely binds colours to shapes, so swapped colours would render as close as the truth)
+    wrong = "a red square to the left of a blue triangle"
+    inverted = {"prompt": wrong, "similarity": 0.9,
+                "tried": [{"template": "t1", "prompt": wrong, "similarity": 0.9},
+                          {"template": "t2", "prompt": "two green triangles", "similarity": 0.2},
+                          {"template": "t3", "prompt": truth, "similarity": 0.8}]}
+    _, result = invert_and_optimize([image], inverted=inverted, proposer="tried", seeds=[100, 101])
+    assert [t.prompt for t in result.trials] == [inverted["prompt"], truth, "two green triangles"]
+    assert result.best_prompt == truth
+    gen = registry.create("generator", "offline:t2i")
+    target = sw.image_features([image])[0]
+
+    def regenerated(prompt):  # seeds the choice never saw
+        images = [g.media for g in gen.generate([prompt] * 4, [0, 1, 2, 3])]
+        return float((sw.image_features(images) @ target).mean())
+
+    assert regenerated(truth) > regenerated(wrong) + 0.1  # measured: 0.78 against 0.52
+    with pytest.raises(ValueError, match="invert_templates"):
+        invert_and_optimize([image], inverted={"prompt": "a red circle", "similarity": 0.5}, proposer="tried")
+    # the command: --proposer tried needs --templates (one line), and runs with them
+    path = tmp_path / "target.png"
+    image.save(path)
+    out = str(tmp_path / "runs")
+    assert main(["invert", str(path), "--optimize", "--proposer", "tried", "--out", out]) == 2
+    assert "needs --templates" in capsys.readouterr().err
+    assert main(["invert", str(path), "--steps", "20", "--templates", "shapesworld", "--optimize", "--proposer",
+                 "tried", "--seeds", "2", "--out", out, "--no-progress"]) == 0
+    assert "optimized:" in capsys.readouterr().out

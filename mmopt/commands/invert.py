@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--optimize", action="store_true", help="refine the first image's prompt in the loop")
     p.add_argument("--generator", default="offline:t2i", help="generator for --optimize (default offline:t2i)")
     p.add_argument("--llm", default="smollm2", help="LLM for --optimize (default smollm2)")
+    p.add_argument("--proposer", default="opt2i", help="--optimize proposer: 'opt2i' (default, the LLM rewrites) "
+                                                        "or 'tried' (with --templates: the other templates' "
+                                                        "sentences, chosen by how the generator renders them; "
+                                                        "no LLM)")
     p.add_argument("--iterations", type=positive_int, default=3, help="--optimize iterations (3)")
     p.add_argument("--candidates", type=positive_int, default=3, help="--optimize prompts per iteration (3)")
     p.add_argument("--seeds", type=positive_int, default=2, help="--optimize images per prompt (2)")
@@ -73,6 +77,8 @@ def run(args) -> int:
     templates = load_templates(args.templates) if args.templates else None
     if templates and vocabulary:
         raise ValueError("--templates and --vocabulary do not combine: the templates' slots name their words")
+    if args.proposer == "tried" and not templates:
+        raise ValueError("--proposer tried chooses among the templates' sentences: it needs --templates")
     if args.run_id:
         check_run_id(args.run_id)
     set_threads(args)
@@ -94,7 +100,8 @@ def run(args) -> int:
     results = []
     with open_run(store, run_id, f"invert {len(images)} image(s)", config) as status:
         if status == "finished":
-            results = [{"prompt": t.prompt, **t.scores} for t in store.load_trials(run_id)]
+            results = [{"prompt": t.prompt, **t.scores, **({"tried": t.meta["tried"]} if "tried" in t.meta else {})}
+                       for t in store.load_trials(run_id)]
         else:
             for i, (path, image) in enumerate(zip(args.images, images)):
                 bar, update = progress_callback(args, total, f"invert {Path(path).name}", "step")
@@ -113,7 +120,8 @@ def run(args) -> int:
                 results.append(r)
                 save_result(store, run_id, i, r["prompt"], {"similarity": r["similarity"],
                             "projected_similarity": r["projected_similarity"]}, "similarity",
-                            meta={"image": str(path), "best_step": r["best_step"], "seconds": r["seconds"]},
+                            meta={"image": str(path), "best_step": r["best_step"], "seconds": r["seconds"],
+                                  **({"tried": r["tried"]} if "tried" in r else {})},
                             payload={"template": r["template"]} if templates else {"token_ids": r["token_ids"]})
             mean = sum(r["similarity"] for r in results) / len(results)
             store.set_status(run_id, "finished", {"best_objective": mean, "prompts": [r["prompt"] for r in results]})
@@ -127,6 +135,7 @@ def run(args) -> int:
 
         callbacks = [] if args.no_progress else [_progress_callback(args.iterations)]
         _, result = invert_and_optimize(images[:1], pez=pez, generator=args.generator, llm=args.llm,
+                                        proposer=args.proposer,
                                         iterations=args.iterations, candidates=args.candidates, seeds=args.seeds,
                                         store=store, callbacks=callbacks, inverted=results[0])
         name = next(iter(result.best.scores))

@@ -23,7 +23,7 @@ def add_run_options(p, default_preset: str) -> None:
     p.add_argument("--llm", help="LLM registry name: smollm2, gguf:/path.gguf, hf:ORG/MODEL, openai:MODEL@URL")
     p.add_argument("--proposer", help="proposer registry name (opt2i, edits, concepts, textgrad, expand, negative, "
                                       "raw, rules)")
-    p.add_argument("--strategy", help="strategy registry name (topk:10, greedy, beam:3, halving, ucb, evolve, tpe)")
+    p.add_argument("--strategy", help="strategy registry name (topk:10, append:10, greedy, beam:3, halving, ucb, evolve, tpe)")
     p.add_argument("--fallback", help="proposer asked when the proposer leaves an iteration short (e.g. edits)")
     p.add_argument("--prescreen", action=argparse.BooleanOptionalAction, default=None,
                    help="check text-only constraints (drift guard, intent check) before rendering")

@@ -201,7 +201,7 @@ class PEZ(Configurable):
 
     def invert_template(self, images: Sequence[Any], template: str, slots: dict[str, Sequence[str]],
                         steps: int | None = None,
-                        progress: Callable[[int, int, float], None] | None = None) -> dict:
+                        progress: Callable[[int, int, float], None] | None = None, keep: int = 2) -> dict:
         """PEZ inside a sentence: ``template``'s ``{slot}`` places are optimised, its other words kept.
 
         Each place holds one word of ``slots[name]`` (a word may be several tokens). As in
@@ -210,6 +210,7 @@ class PEZ(Configurable):
         the chosen words' tokens and applies their gradient to the vector (straight-through).
         So the written prompt is always a sentence of the template, which a generator with
         its own text encoder can read, where free tokens are only read by this CLIP.
+        ``"runners_up"``: the ``keep`` next-best sentences the projection visited.
 
         >>> PEZ(steps=200).invert_template([img], "a {colour} {shape}", {"colour": ["red", "blue"],
         ...     "shape": ["circle", "square"]})["prompt"]                 # doctest: +SKIP
@@ -243,6 +244,7 @@ class PEZ(Configurable):
                  for i, (kind, v) in enumerate(pieces) if kind == "text"}
         sot, eot = table[a.sot][None], table[a.eot][None]
         best = (-2.0, start, 0)
+        seen: dict[tuple, float] = {}  # every sentence the projection visited, with its best similarity
         steps = self.steps if steps is None else steps
         # 2. project each place to a word, forward on the words' tokens, straight-through to the vectors
         for step in range(steps):
@@ -261,24 +263,33 @@ class PEZ(Configurable):
             sim = (target @ feat).mean()
             if float(sim.detach()) > best[0]:
                 best = (float(sim.detach()), choice, step)
+            seen[tuple(choice)] = max(seen.get(tuple(choice), -2.0), float(sim.detach()))
             opt.zero_grad(set_to_none=True)
             (1 - sim).backward()
             opt.step()
             if progress is not None:
                 progress(step + 1, steps, best[0])
-        # 3. the best sentence, scored as written text
-        fill = iter(words[n][k] for n, k in zip(places, best[1]))
-        prompt = " ".join(" ".join(v if kind == "text" else next(fill) for kind, v in pieces).split())
+        # 3. the best sentence, scored as written text; the runners-up kept for a choice by rendering
+        def sentence(choice) -> str:
+            fill = iter(words[n][k] for n, k in zip(places, choice))
+            return " ".join(" ".join(v if kind == "text" else next(fill) for kind, v in pieces).split())
+
+        prompt = sentence(best[1])
+        runners = sorted(seen.items(), key=lambda kv: -kv[1])[:keep + 1]
         return {"prompt": prompt, "similarity": self.similarity_of_text(prompt, target),
                 "projected_similarity": best[0], "best_step": best[2], "template": template,
+                "runners_up": [{"prompt": sentence(c), "projected_similarity": v} for c, v in runners
+                               if sentence(c) != prompt][:keep],
                 "seconds": time.perf_counter() - t0}
 
     def invert_templates(self, images: Sequence[Any], templates: Sequence[str], slots: dict[str, Sequence[str]],
                          steps: int | None = None,
-                         progress: Callable[[int, int, float], None] | None = None) -> dict:
+                         progress: Callable[[int, int, float], None] | None = None, keep: int = 2) -> dict:
         """:meth:`invert_template` for each of ``templates`` (``steps`` each); the one whose sentence
         matches the images best (CLIP cosine of the written text) wins. Adds ``"tried"``: every
-        template's result. ``progress(step, total, best)`` counts steps over all templates."""
+        template's sentence, then each template's ``keep`` runners-up, with their text similarity
+        (what ``invert_and_optimize(proposer="tried")`` chooses among by rendering them).
+        ``progress(step, total, best)`` counts steps over all templates."""
         if isinstance(templates, str) or not templates:
             raise ValueError(f"templates must be a non-empty list of template strings, got {templates!r}")
         each = self.steps if steps is None else steps
@@ -287,10 +298,14 @@ class PEZ(Configurable):
             def step_done(step, _steps, best, k=k):
                 if progress is not None:
                     progress(k * each + step, total, max(best, best_so_far))
-            tried.append(self.invert_template(images, t, slots, each, progress=step_done))
+            tried.append(self.invert_template(images, t, slots, each, progress=step_done, keep=keep))
             best_so_far = max(best_so_far, tried[-1]["projected_similarity"])
         best = max(tried, key=lambda r: r["similarity"])
-        return {**best, "tried": [{k: r[k] for k in ("template", "prompt", "similarity")} for r in tried],
+        target = self.adapter.image_features(list(images))
+        runners = [{"template": r["template"], "prompt": u["prompt"],
+                    "similarity": self.similarity_of_text(u["prompt"], target)}
+                   for r in tried for u in r["runners_up"]]
+        return {**best, "tried": [{k: r[k] for k in ("template", "prompt", "similarity")} for r in tried] + runners,
                 "seconds": sum(r["seconds"] for r in tried)}
 
     def random_prompt(self, seed: int) -> str:
@@ -359,7 +374,14 @@ def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, genera
 
     The inverted prompt is the intent (trial 0); every candidate's images are scored
     by CLIP image similarity to the targets. ``inverted``: a result of ``pez.invert(images)``
-    already computed. Returns ``(pez_result, optimizer_result)``.
+    (or ``pez.invert_templates``) already computed. Returns ``(pez_result, optimizer_result)``.
+
+    ``proposer="tried"`` needs no LLM: the candidates are the other sentences that
+    ``invert_templates`` wrote (one per template), all in one iteration, so the generator
+    decides which of them it renders closest to the targets. CLIP's text-image match
+    picks PEZ's own answer, and a sentence CLIP reads well is not always one the
+    generator draws well. ``seeds`` may be a list (keep them apart from the seeds you
+    judge the result on).
     """
     from mmopt.optimizer import Budget, Optimizer
 
@@ -367,6 +389,17 @@ def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, genera
     inverted = inverted or pez.invert(images)
     if not inverted["prompt"].strip():
         raise ValueError("the inverted prompt is empty (every token decoded to nothing); try another seed")
+    if proposer == "tried":
+        if not inverted.get("tried"):
+            raise ValueError("proposer='tried' needs the result of PEZ.invert_templates (its 'tried' sentences); "
+                             "got a result without them")
+        from mmopt.proposers.fixed import FixedProposer
+
+        ranked = sorted(inverted["tried"], key=lambda r: -r["similarity"])
+        others = list(dict.fromkeys(r["prompt"] for r in ranked if r["prompt"] != inverted["prompt"]))
+        if not others:
+            raise ValueError("every template wrote the same sentence: nothing to choose from")
+        proposer, llm, iterations, candidates = FixedProposer([others]), None, 2, len(others)
     scorer = ImageSimilarityScorer(pez.adapter, images)
     opt = Optimizer(generator, [scorer], proposer, llm=llm, budget=Budget(iterations=iterations),
                     candidates=candidates, seeds=seeds, store=store, callbacks=callbacks)
