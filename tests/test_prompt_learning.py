@@ -555,5 +555,5 @@ def test_pez_tried_sentences_are_chosen_by_how_the_generator_renders_them(sw, tm
     assert main(["invert", str(path), "--optimize", "--proposer", "tried", "--out", out]) == 2
     assert "needs --templates" in capsys.readouterr().err
     assert main(["invert", str(path), "--steps", "20", "--templates", "shapesworld", "--optimize", "--proposer",
-                 "tried", "--seeds", "2", "--out", out, "--no-progress"]) == 0
+                 "tried", "--seeds", "2", "--out", out]) == 0  # with its progress bar
     assert "optimized:" in capsys.readouterr().out

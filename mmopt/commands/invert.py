@@ -44,6 +44,22 @@ def add_arguments(p) -> None:
     add_common_options(p)
 
 
+def _iteration_bar(iterations: int):
+    """A tqdm bar over the refining loop's iterations, with the best image similarity so far."""
+    from mmopt.commands._options import progress_bar
+
+    bar = progress_bar(iterations, "optimizing", unit="iter")
+
+    def callback(event, **info):
+        if event == "iteration":
+            bar.update(1)
+            bar.set_postfix(best=f"{info['best'].objective:.3f}")
+        elif event == "done":
+            bar.close()
+
+    return callback
+
+
 def _vocabulary(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -131,9 +147,7 @@ def run(args) -> int:
 
     # 3. image -> prompt -> refine: the first image's prompt is the loop's intent
     if args.optimize:
-        from mmopt.commands.optimize import _progress_callback
-
-        callbacks = [] if args.no_progress else [_progress_callback(args.iterations)]
+        callbacks = [] if args.no_progress else [_iteration_bar(2 if args.proposer == "tried" else args.iterations)]
         _, result = invert_and_optimize(images[:1], pez=pez, generator=args.generator, llm=args.llm,
                                         proposer=args.proposer,
                                         iterations=args.iterations, candidates=args.candidates, seeds=args.seeds,
