@@ -251,7 +251,9 @@ def test_pez_templates_write_a_sentence_with_the_rendered_objects(sw, tmp_path):
     # its shape weakly: "a blue circle above a red square" is as close to it as the true caption)
     said = set(r["prompt"].split())
     assert {"red", "blue"} <= said and {"circle", "square"} <= said, r["prompt"]
-    assert r["similarity"] == max(t["similarity"] for t in r["tried"]) and len(r["tried"]) == 2
+    # "tried": each template's sentence, then up to 2 runners-up of each (what a choice by rendering picks among)
+    assert r["similarity"] == max(t["similarity"] for t in r["tried"][:2])
+    assert 2 < len(r["tried"]) <= 6 and len({t["prompt"] for t in r["tried"]}) == len(r["tried"])
     assert r["similarity"] > pez.similarity_of_text("a green triangle above a yellow diamond", sw.image_features([image]))
     with pytest.raises(ValueError, match="slot"):
         pez.invert_template([image], "a {colour} {thing}", shipped["slots"])
