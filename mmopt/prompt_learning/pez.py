@@ -275,11 +275,11 @@ class PEZ(Configurable):
             return " ".join(" ".join(v if kind == "text" else next(fill) for kind, v in pieces).split())
 
         prompt = sentence(best[1])
-        runners = sorted(seen.items(), key=lambda kv: -kv[1])[:keep + 1]
+        runners = [(sentence(c), v) for c, v in sorted(seen.items(), key=lambda kv: -kv[1])[:keep + 1]]
         return {"prompt": prompt, "similarity": self.similarity_of_text(prompt, target),
                 "projected_similarity": best[0], "best_step": best[2], "template": template,
-                "runners_up": [{"prompt": sentence(c), "projected_similarity": v} for c, v in runners
-                               if sentence(c) != prompt][:keep],
+                "runners_up": [{"prompt": text, "projected_similarity": v} for text, v in runners
+                               if text != prompt][:keep],
                 "seconds": time.perf_counter() - t0}
 
     def invert_templates(self, images: Sequence[Any], templates: Sequence[str], slots: dict[str, Sequence[str]],

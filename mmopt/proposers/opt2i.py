@@ -248,9 +248,10 @@ class OPT2IProposer:
             history = sorted(history, key=lambda t: t.index)
             feedback, best = [], None
             for t in history:
-                if t.feasible and (best is None or t.objective > best) and t.feedback and t.feedback.strip():
-                    feedback.append(t)
-                best = t.objective if t.feasible and (best is None or t.objective > best) else best
+                if t.feasible and (best is None or t.objective > best):
+                    best = t.objective
+                    if t.feedback and t.feedback.strip():
+                        feedback.append(t)
             lines = []
         else:
             # prompts still being rendered (lookahead) come first, unscored, so the LLM neither
