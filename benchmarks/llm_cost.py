@@ -11,8 +11,11 @@ by prompt so the machine's load hits all alike:
   no stop strings, 400-character feedback in a block of its own, every prompt evaluated from
   scratch, llama.cpp on half the cores), on today's decoding code;
 * ``opt2i/list``: today's default (stable prefix first, so it is reused; a
-  token cap per revision; a stop where the list's next item would start;
+  token cap per revision; a stop where the list's next item would start, or
+  as soon as the reply's finished items hold the revisions the proposer keeps;
   the best trials' remarks on their history lines; the free cores);
+* ``opt2i/list+whole``, ``opt2i/list+append+whole``: the same, decoding every reply
+  to its end (``stop_early=False``): the same proposals, more tokens;
 * ``opt2i/parallel``: the same, with the n revisions asked as n one-prompt
   replies decoded together as parallel sequences;
 * ``opt2i/parallel+lookahead``: the same, with the LLM writing the next
@@ -55,8 +58,9 @@ LEGACY_TEMPLATE = (
     "position of the request, add concrete visual detail, and make each prompt different from the ones above. "
     "Reply with a numbered list only.\n"
 )
-CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead",
-           "opt2i/list+append", "opt2i/parallel+append", "opt2i/list+append+lookahead", "concepts", "textgrad")
+CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list+whole", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead",
+           "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append", "opt2i/list+append+lookahead",
+           "concepts", "textgrad")
 
 
 class _NoStop:
@@ -90,7 +94,7 @@ def _proposer(config: str, llm, legacy_llm, candidates: int):
         from mmopt.proposers.textgrad import TextGradProposer
 
         return TextGradProposer(llm)
-    return OPT2IProposer(llm, mode=config.split("/")[1].split("+")[0])
+    return OPT2IProposer(llm, mode=config.split("/")[1].split("+")[0], stop_early="+whole" not in config)
 
 
 def run_one(prompt: str, config: str, args, parts: dict) -> dict:
@@ -126,7 +130,7 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     res = opt.run(prompt)
     return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0,
             "llm_wait": res.timings["propose"], "images": res.images, "calls": calls,
-            "trials": len(res.trials)}
+            "trials": len(res.trials), "prompts": [t.prompt for t in res.trials]}
 
 
 def summarise(rows: list[dict]) -> str:
@@ -156,6 +160,14 @@ def summarise(rows: list[dict]) -> str:
                        f"{per_call('prompt_tokens'):.0f} ({per_call('reused_tokens'):.0f}) | "
                        f"{per_call('completion_tokens'):.0f} | {per_call('decode_steps'):.0f} | "
                        f"{per_call('prefill_s'):.2f} | {per_call('decode_s'):.2f} |")
+    # stopping early must not change what is proposed: compare each "+whole" run with its twin
+    for c, rs in by.items():
+        twin = by.get(c.replace("+whole", ""))
+        if "+whole" in c and rs and twin:
+            pairs = list(zip(sorted(rs, key=lambda r: r["prompt"]), sorted(twin, key=lambda r: r["prompt"])))
+            same = sum(a["prompts"] == b["prompts"] for a, b in pairs)
+            out.append(f"\n{c.replace('+whole', '')} vs {c}: the same trials (prompts, in order) on {same} of "
+                       f"{len(pairs)} prompts")
     return "\n".join(out)
 
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mmopt.cache import Cache, content_key
 from mmopt.candidates import admit
-from mmopt.component import describe
+from mmopt.component import describe, identity
 from mmopt.device import release_free_host_memory, torch_threads_beside
 from mmopt.errors import LLMUnavailableError, StopRequested
 from mmopt.evaluator import Evaluated, Evaluator, Executors
@@ -783,6 +783,11 @@ class Optimizer:
         def screen(candidate) -> list[str]:
             return self.evaluator.screen([candidate], run.clean_intent, baseline)[0]
 
+        # what the screen's verdicts depend on, for a proposer's stop rule (it enters LLM cache keys)
+        names = {c.scorer for c in self.evaluator.text_only_constraints()}
+        screen.key = content_key("screen", identity(self.evaluator.objective),
+                                 [identity(s) for s in self.evaluator.scorers if s.name in names],
+                                 run.clean_intent, baseline)
         return screen
 
     def _ask(self, who: Any, state: SearchState, n: int, meta: dict, label: str) -> list:

@@ -69,6 +69,28 @@ def test_cache_by_request_content_and_counters(tmp_path):
     assert again.chat(MSG, n=2, seed=2) == ["c", "d"] and again.calls == 0
 
 
+def test_a_stop_rule_enters_the_cache_key_and_reaches_only_backends_that_take_it():
+    from mmopt.llm.parsing import ListStop
+
+    rule = ListStop(1, list, key="every item")
+    llm = ChatLLM(Scripted([["1. a cat"], ["1. a cat\n2. a dog"]]))
+    assert llm.chat(MSG, seed=1, stop_rule=rule) == ["1. a cat"]
+    # the whole reply (no rule) is another request, not the cached short one
+    assert llm.chat(MSG, seed=1) == ["1. a cat\n2. a dog"] and llm.calls == 2
+    assert llm.chat(MSG, seed=1, stop_rule=rule) == ["1. a cat"] and llm.calls == 2  # cached
+
+    class TakesRule(Scripted):
+        def forward(self, messages, *, n, temperature, max_tokens, seed, stop_rule=None):
+            self.rules = getattr(self, "rules", []) + [stop_rule]
+            return super().forward(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+    backend = TakesRule([["x"]])
+    ChatLLM(backend).chat(MSG, seed=1, stop_rule=rule)
+    assert backend.rules == [rule]
+    with pytest.raises(TypeError, match="stop_rule must be a callable with a str 'key'"):
+        llm.chat(MSG, seed=1, stop_rule=lambda text: None)
+
+
 def test_unseeded_sampling_is_not_cached_but_greedy_is():
     llm = ChatLLM(Scripted([["a"], ["b"], ["g"]]))
     assert llm.chat(MSG) == ["a"]

@@ -86,3 +86,92 @@ def test_opt2i_parallel_mode_asks_one_prompt_per_sequence(smol):
     assert p.last_stats["llm_usage"]["decode_steps"] < p.last_stats["llm_usage"]["completion_tokens"]
     text = p.build_messages(state, 1, [])[1]["content"]
     assert "Write 1 new prompt for" in text
+
+
+def test_a_list_stop_ends_the_reply_once_it_holds_what_the_caller_keeps(smol):
+    from mmopt.llm.parsing import ListStop, parse_prompts
+
+    msgs = ask("List five colours as a numbered list, then explain your choice.")
+    [full] = smol.chat(msgs, temperature=0, max_tokens=80)
+    whole = smol.last_usage["completion_tokens"]
+    [cut] = smol.chat(msgs, temperature=0, max_tokens=80, stop_rule=ListStop(2, lambda items: items, key="all"))
+    # the reply ends after its second finished item: a prefix of the whole reply, read the same
+    assert full.startswith(cut) and len(parse_prompts(full)) >= 3
+    assert parse_prompts(cut) == parse_prompts(full)[:2]
+    assert smol.last_usage["completion_tokens"] < whole
+
+
+def test_opt2i_stops_early_with_the_same_proposals_and_fewer_tokens(smol):
+    """``stop_early`` (the default) keeps exactly the revisions a whole reply would have given."""
+    import random
+
+    from mmopt.proposers.opt2i import OPT2IProposer
+    from mmopt.types import SearchState
+
+    tokens = {True: 0, False: 0}
+    for seed in (1, 3):
+        out = {}
+        for early in (False, True):
+            p = OPT2IProposer(smol, stop_early=early)
+            state = SearchState("a red circle to the left of a blue square", 1, [], [], random.Random(seed),
+                                "sentences", 77)
+            out[early] = p.propose(state, 3)
+            tokens[early] += p.last_stats["llm_usage"]["completion_tokens"]
+        assert out[True] == out[False] and out[True]
+    assert tokens[True] < 0.8 * tokens[False]
+
+
+class _Decoding:
+    """An LLM replaying one reply as a decoder would: character by character, asking the stop
+    rule after each (it tests the rule and ``accept``; the real decoder is tested above)."""
+
+    name = "decoding"
+
+    def __init__(self, reply):
+        self.reply, self.returned = reply, []
+
+    def chat(self, messages, *, n=1, temperature=1.0, max_tokens=256, seed=None, stop=None, stop_rule=None):
+        text = self.reply
+        for end in range(1, len(text) + 1) if stop_rule is not None else ():
+            keep = stop_rule(text[:end])
+            if keep is not None:
+                text = text[:keep]
+                break
+        self.returned.append(text)
+        return [text] * n
+
+
+def test_rewriters_stop_early_with_the_same_candidates_under_a_screen(smol):
+    """The rewriters' list requests (concepts, textual gradients) stop early too: the rule judges a
+    partial reply with ``accept``'s own checks, the loop's text screen included."""
+    import random
+
+    from mmopt.proposers.concepts import ConceptProposer
+    from mmopt.types import SearchState
+
+    def screen(cand):
+        return ["no circle"] if "circle" not in cand.text.lower() else []
+
+    screen.key = "needs a circle"
+    intent = "a red circle to the left of a blue square"
+
+    def state(seed):
+        return SearchState(intent, 1, [], [], random.Random(seed), "sentences", 77, screen=screen)
+
+    reply = ("Here are three:\n1. a red circle left of a blue square\n2. a blue square\n"
+             "3. a red circle to the left of a blue square\n4. a big red circle beside a blue square\n\n"
+             "These prompts keep every part of the request and add detail about the circle.\n"
+             "5. a red circle, left, a blue square, right\n")
+    out = {}
+    for early in (False, True):
+        llm = _Decoding(reply)
+        out[early] = [c.text for c in ConceptProposer(llm, stop_early=early).propose(state(0), 2)]
+        out[early, "reply"] = llm.returned[0]
+    # the screened-out second item does not count: the reply ends after the fourth line
+    assert out[True] == out[False] == ["a red circle left of a blue square", "a big red circle beside a blue square"]
+    assert out[True, "reply"].endswith("4. a big red circle beside a blue square")
+    assert len(out[True, "reply"]) < len(reply)
+    # and with the real model: the same candidates either way
+    for seed in range(3):
+        a = [c.text for c in ConceptProposer(smol, stop_early=True).propose(state(seed), 3)]
+        assert a == [c.text for c in ConceptProposer(smol, stop_early=False).propose(state(seed), 3)]

@@ -230,3 +230,35 @@ def test_unbalanced_quotes():
     assert parse_prompts('"A red cat sitting on a blue chair') == ["A red cat sitting on a blue chair"]
     assert parse_prompts('a red cat on a blue chair"') == ["a red cat on a blue chair"]
     assert parse_prompts("a cat's toy on a chair") == ["a cat's toy on a chair"]
+
+
+# --- ListStop: ending a list reply once it holds what the caller keeps -------------------------
+
+def test_list_stop_waits_for_finished_lines_and_enough_usable_items():
+    from mmopt.llm.parsing import ListStop
+
+    keep_cats = ListStop(2, lambda items: [i for i in items if "cat" in i], key="cats")
+    assert keep_cats("1. a red cat\n2. a blue cat") is None         # the second line may still grow
+    assert keep_cats("1. a red cat\n2. a blue cat\n") is None       # ... or be continued by an indented line
+    assert keep_cats("1. a red cat\n2. a blue cat\n   at dusk\n") is None
+    text = "1. a red cat\n2. a blue cat\n   at dusk\n3"
+    end = keep_cats(text)
+    assert text[:end] == "1. a red cat\n2. a blue cat\n   at dusk"
+    assert parse_prompts(text[:end]) == ["a red cat", "a blue cat at dusk"]
+    # items the caller would not keep do not count
+    assert keep_cats("1. a red cat\n2. a green dog\n3. a dog\n4") is None
+    assert keep_cats("1. a red cat\n2. a green dog\n3. a fat cat\n\n") is not None
+    # lines with no list item never stop a reply: the rest may hold the list that wins
+    assert keep_cats("a red cat\na blue cat\nand then") is None
+    assert "cats" in keep_cats.key and keep_cats.key != ListStop(3, len, key="cats").key
+
+
+def test_list_stop_rejects_bad_settings_with_one_line():
+    from mmopt.llm.parsing import ListStop
+
+    with pytest.raises(ValueError, match="need must be an int >= 1, got 0"):
+        ListStop(0, list, key="k")
+    with pytest.raises(TypeError, match="usable must be a callable"):
+        ListStop(1, "all", key="k")
+    with pytest.raises(ValueError, match="key must be a non-empty str"):
+        ListStop(1, list, key="")

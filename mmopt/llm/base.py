@@ -71,22 +71,27 @@ def sample_seed(seed: int | None, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def chat(llm: Any, messages: list[dict], *, stop: list[str] | None = None, **kwargs: Any) -> list[str]:
-    """``llm.chat(messages, **kwargs)``, with ``stop`` passed only to LLMs whose ``chat`` takes it.
+def chat(llm: Any, messages: list[dict], *, stop: list[str] | None = None, stop_rule: Any = None,
+         **kwargs: Any) -> list[str]:
+    """``llm.chat(messages, **kwargs)``, with ``stop`` and ``stop_rule`` passed only to LLMs whose ``chat`` takes them.
 
-    ``stop`` only saves decoding time (callers parse replies anyway), so an LLM
-    written to the older protocol without it still works.
+    Both only save decoding time (callers parse replies anyway), so an LLM
+    written to the older protocol without them still works.
     """
+    for name, value in (("stop", stop), ("stop_rule", stop_rule)):
+        if value and _takes(llm.chat, name):
+            kwargs[name] = value
+    return llm.chat(messages, **kwargs)
+
+
+def _takes(function: Callable, name: str) -> bool:
+    """Whether ``function`` has a parameter called ``name``."""
     import inspect
 
-    if stop:
-        try:
-            takes_stop = "stop" in inspect.signature(llm.chat).parameters
-        except (TypeError, ValueError):
-            takes_stop = False
-        if takes_stop:
-            kwargs["stop"] = stop
-    return llm.chat(messages, **kwargs)
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @runtime_checkable
@@ -105,6 +110,7 @@ class Backend(Protocol):
     def forward(self, messages: list[dict], *, n: int, temperature: float,
                 max_tokens: int, seed: int | None, stop: list[str] | None = None) -> list[str]: ...
 
+    # Optional: a ``stop_rule`` parameter of ``forward`` (see ``ChatLLM.chat``).
     # Optional: ``last_usage``, a dict of what the last forward cost (prompt_tokens,
     # reused_tokens, completion_tokens, prefill_s, decode_s, ...); ChatLLM adds it up.
 
@@ -188,17 +194,24 @@ class ChatLLM:
         return {"component": "mmopt.llm.ChatLLM", "backend": self.backend.name, **weights}
 
     def request_key(self, messages: list[dict], *, n: int, temperature: float,
-                    max_tokens: int, seed: int | None, stop: list[str] | None = None) -> str:
+                    max_tokens: int, seed: int | None, stop: list[str] | None = None, stop_rule: Any = None) -> str:
         """sha256 of the request content; backend secrets never enter it."""
         parts = ["llm-chat", self.backend.name, getattr(self.backend, "model", ""),
                  messages, n, float(temperature), max_tokens, seed]
-        return content_key(*parts, *([list(stop)] if stop else []))
+        return content_key(*parts, *([list(stop)] if stop else []),
+                           *([{"stop_rule": stop_rule.key}] if stop_rule is not None else []))
 
     def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 1.0,
-             max_tokens: int = 256, seed: int | None = None, stop: list[str] | None = None) -> list[str]:
+             max_tokens: int = 256, seed: int | None = None, stop: list[str] | None = None,
+             stop_rule: Any = None) -> list[str]:
         """Return ``n`` completions of ``messages`` (a list of role/content dicts).
 
-        ``stop``: strings that end a completion (cut before them). Raises
+        ``stop``: strings that end a completion (cut before them). ``stop_rule``:
+        a callable given a completion's text so far that returns the length to keep
+        when the completion should end there (else None), with a ``key`` (str) naming
+        what it depends on, which enters the cache key; e.g.
+        :class:`mmopt.llm.parsing.ListStop`. A backend whose ``forward`` takes no
+        ``stop_rule`` decodes the whole completion instead. Raises
         ``LLMError`` when the backend keeps failing after the retries, and
         ``LLMUnavailableError`` when it cannot be reached at all.
         """
@@ -214,12 +227,16 @@ class ChatLLM:
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         if stop is not None and (isinstance(stop, str) or not all(isinstance(x, str) and x for x in stop)):
             raise ValueError(f"stop must be a list of non-empty strings or None, got {stop!r}")
+        if stop_rule is not None and (not callable(stop_rule) or not isinstance(getattr(stop_rule, "key", None), str)):
+            raise TypeError(f"stop_rule must be a callable with a str 'key' (e.g. mmopt.llm.parsing.ListStop), "
+                            f"got {stop_rule!r}")
         with self._lock:
             self.requests += 1
 
         # 2. cache lookup (reproducible requests only)
         cacheable = seed is not None or temperature == 0
-        key = self.request_key(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
+        key = self.request_key(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop,
+                               stop_rule=stop_rule)
         if cacheable:
             hit = self.cache.get_json(key) if self.cache is not None else self._memo.get(key)
             if hit is not None:
@@ -228,8 +245,10 @@ class ChatLLM:
                 return list(hit)
 
         # 3. call the backend with retries on transient failures
-        # stop only saves decoding time: a backend whose forward does not take it works without it
-        extra = {"stop": list(stop)} if stop and self._backend_takes_stop() else {}
+        # stop and stop_rule only save decoding time: a backend whose forward does not take them works without
+        extra = {"stop": list(stop)} if stop and _takes(self.backend.forward, "stop") else {}
+        if stop_rule is not None and _takes(self.backend.forward, "stop_rule"):
+            extra["stop_rule"] = stop_rule
         outputs = self._forward_with_retries(messages, n=n, temperature=float(temperature),
                                              max_tokens=max_tokens, seed=seed, **extra)
 
@@ -240,14 +259,6 @@ class ChatLLM:
             else:
                 self._memo[key] = list(outputs)
         return outputs
-
-    def _backend_takes_stop(self) -> bool:
-        import inspect
-
-        try:
-            return "stop" in inspect.signature(self.backend.forward).parameters
-        except (TypeError, ValueError):
-            return False
 
     def _forward_with_retries(self, messages, **kw) -> list[str]:
         attempt = 0

@@ -60,7 +60,7 @@ class LlamaCppBackend:
     Requests go through :class:`~mmopt.llm.llamacpp_engine.LlamaCppEngine`:
     the prompt prefix shared with the previous request is reused (exactly:
     the same text for the same seed either way), ``n`` completions are decoded
-    together as parallel sequences, and ``stop`` strings end them early.
+    together as parallel sequences, and ``stop`` strings or a ``stop_rule`` end them early.
 
     ``n_threads``: llama.cpp threads per request; None picks the cores that are
     free at that moment (``mmopt.device.free_cpu_cores``), since llama.cpp's
@@ -101,14 +101,15 @@ class LlamaCppBackend:
         return {"weights": file_fingerprint(self.path), "n_ctx": self.n_ctx, "engine": self.engine_version}
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
-                seed: int | None, stop: list[str] | None = None) -> list[str]:
+                seed: int | None, stop: list[str] | None = None, stop_rule=None) -> list[str]:
         from mmopt.device import free_cpu_cores
 
         with self._lock:  # one llama context: requests run one at a time
             threads = self.n_threads or free_cpu_cores()
             try:
                 texts, usage = self.engine.generate(messages, n=n, temperature=temperature, max_tokens=max_tokens,
-                                                    seed=seed, stop=stop, threads=threads)
+                                                    seed=seed, stop=stop, threads=threads,
+                                                    stop_rule=stop_rule)
             except ValueError as e:  # e.g. a template that cannot format these messages
                 raise LLMError(f"llama.cpp failed on {self.path!r}: {e}") from e
             self.last_usage = usage.as_dict()

@@ -23,6 +23,9 @@ iteration to the next) and token-by-token decoding. This engine cuts both:
    decoded in differs.
 3. **Stop strings** end a sequence as soon as they appear (the text is cut
    before them); the end-of-generation tokens of the vocabulary end it too.
+   A **stop rule** (``stop_rule(text) -> length to keep or None``, e.g.
+   :class:`mmopt.llm.parsing.ListStop`) ends it once the reply holds what the
+   caller will read from it.
 
 It runs on llama-cpp-python's context/batch/sampler wrappers (``_internals``,
 the thin layer over llama.cpp's C API that ``Llama`` itself uses), on a
@@ -167,7 +170,8 @@ class LlamaCppEngine:
         self.ctx.set_n_threads(one_token, batch)
 
     def generate(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
-                 seed: int | None, stop: list[str] | None = None, threads: int | None = None) -> tuple[list[str], Usage]:
+                 seed: int | None, stop: list[str] | None = None, threads: int | None = None,
+                 stop_rule=None) -> tuple[list[str], Usage]:
         """``n`` completions of ``messages`` (in rounds of at most MAX_SEQUENCES), and the usage."""
         usage = Usage()
         self._threads = threads or self._threads
@@ -182,10 +186,10 @@ class LlamaCppEngine:
                 raise LLMError(f"the request needs {len(tokens)} prompt tokens + {k} x {max_tokens} new tokens, "
                                f"over the {self.n_ctx}-token context; ask for fewer tokens or completions")
             seeds = [sample_seed(seed, len(outputs) + i) for i in range(k)]
-            outputs += self._round(tokens, seeds, temperature, max_tokens, stops, usage)
+            outputs += self._round(tokens, seeds, temperature, max_tokens, stops, stop_rule, usage)
         return outputs, usage
 
-    def _round(self, tokens, seeds, temperature, max_tokens, stops, usage) -> list[str]:
+    def _round(self, tokens, seeds, temperature, max_tokens, stops, stop_rule, usage) -> list[str]:
         # 1. the prompt, once, for sequence 0; the other sequences share its cells
         t0 = time.perf_counter()
         self._use_threads("prefill")
@@ -214,6 +218,9 @@ class LlamaCppEngine:
                     # the whole reply each time: a character may span tokens
                     text = self.llama.detokenize(generated[s]).decode("utf-8", errors="ignore")
                     cut = min((text.find(x) for x in stops if x in text), default=-1)
+                    if cut < 0 and stop_rule is not None:
+                        cut = stop_rule(text)
+                        cut = -1 if cut is None else cut
                     if cut >= 0:
                         texts[s] = text[:cut]
                         continue

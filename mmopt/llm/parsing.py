@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["parse_prompts", "normalize_for_dedup", "clean_item"]
+__all__ = ["parse_prompts", "normalize_for_dedup", "clean_item", "ListStop"]
 
 # 1. Reasoning blocks. An unclosed opening tag means the reply was cut inside
 #    the reasoning, so nothing after it is usable; a lone closing tag means the
@@ -349,3 +349,61 @@ def parse_prompts(text: str, max_items: int | None = None, *, min_chars: int = 5
         if max_items is not None and len(out) >= max_items:
             break
     return out
+
+
+def _finished_part(text: str) -> int | None:
+    """Where the finished lines of a reply being decoded end, or None if no line is finished.
+
+    A line is finished once the next line has begun with something other than a space or a tab:
+    only an indented line continues an item (see ``_split_items``), and a blank line ends one.
+    """
+    end = len(text)
+    while True:
+        end = text.rfind("\n", 0, end)
+        if end < 0:
+            return None
+        if end + 1 < len(text) and text[end + 1] not in " \t":
+            return end
+
+
+class ListStop:
+    """A stop rule that ends a list reply as soon as its finished items hold what the caller needs.
+
+    A small LLM asked for four prompts often writes them in 50 tokens and then rambles until
+    ``max_tokens``; what it writes after the caller has its four is parsed and thrown away.
+    ``ListStop(need, usable, key=..., max_items=...)`` is called by the decoder with a reply's
+    text so far: once the reply's finished lines contain a list item and
+    ``usable(parse_prompts(finished, max_items))`` (the caller's own filter: the candidates it
+    would keep) counts at least ``need``, it returns the length of the finished part, and the
+    decoder ends that reply there.
+
+    The caller then reads the same first ``need`` prompts from the shorter reply as it would
+    have read from the whole one: finished list items never change as a reply grows. A reply
+    whose rest would have changed how the whole of it parses (a JSON block of strings, a closing
+    reasoning tag) is the exception, and is why a rule that cannot see a list item never stops.
+    ``key`` names everything ``usable`` depends on: it enters the LLM request's cache key.
+    """
+
+    def __init__(self, need: int, usable, *, key: str, max_items: int | None = None):
+        if isinstance(need, bool) or not isinstance(need, int) or need < 1:
+            raise ValueError(f"need must be an int >= 1, got {need!r}")
+        if not callable(usable):
+            raise TypeError(f"usable must be a callable (parsed items -> those kept), got {type(usable).__name__}")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty str naming what usable depends on, got {key!r}")
+        self.need, self.usable, self.max_items = need, usable, max_items
+        self.key = f"list-stop:{need}:{max_items}:{key}"
+        self._checked: dict[str, bool] = {}  # finished parts already judged (a line is judged once)
+
+    def __call__(self, text: str) -> int | None:
+        end = _finished_part(text)
+        if end is None:
+            return None
+        finished = text[:end]
+        done = self._checked.get(finished)
+        if done is None:
+            lines = _strip_special(_strip_reasoning(finished)).splitlines()
+            done = (any(_is_list_line(line) for line in lines)
+                    and len(self.usable(parse_prompts(finished, self.max_items))) >= self.need)
+            self._checked[finished] = done
+        return end if done else None

@@ -23,6 +23,7 @@ the current best.
 """
 from __future__ import annotations
 
+import collections
 import importlib.resources
 import logging
 import os
@@ -31,9 +32,10 @@ import string
 from typing import Any
 
 from mmopt import protect
+from mmopt.cache import content_key
 from mmopt.errors import LLMError, LLMUnavailableError
 from mmopt.llm.base import chat
-from mmopt.llm.parsing import normalize_for_dedup, parse_prompts
+from mmopt.llm.parsing import ListStop, normalize_for_dedup, parse_prompts
 from mmopt.types import SearchState, Trial
 
 __all__ = ["OPT2IProposer", "from_name", "load_template", "cut_to_words", "SYSTEM_MESSAGE"]
@@ -154,6 +156,13 @@ class OPT2IProposer:
     words (about 120, as RAPO++ and Prompt-A-Video use), at the last sentence end
     that fits when there is one.
 
+    A list reply ends as soon as its finished items hold the revisions this proposer
+    will keep (``stop_early``, a :class:`mmopt.llm.parsing.ListStop`): a small LLM
+    writes its list and then rambles until ``max_tokens``, and the rambling is decoded
+    only to be thrown away. The kept revisions are the same either way (see ListStop
+    for the rare reply whose rest would parse differently); ``stop_early=False``
+    decodes every reply to its end.
+
     After each ``propose`` call, ``last_stats`` says what happened (attempts,
     LLM calls, candidates parsed/repaired/rejected/cut, errors, the LLM's usage).
     """
@@ -162,10 +171,12 @@ class OPT2IProposer:
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
                  max_feedback: int = 3, min_overlap: int = 0, mode: str = "list", feedback_chars: int = 200,
                  inline_feedback: bool = True, video_template: str | os.PathLike | None = None,
-                 video_max_words: int = VIDEO_MAX_WORDS):
+                 video_max_words: int = VIDEO_MAX_WORDS, stop_early: bool = True):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
+        if not isinstance(stop_early, bool):
+            raise TypeError(f"stop_early must be True or False, got {stop_early!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
             raise ValueError(f"temperature must be a number in [0, 5], got {temperature!r}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 16):
@@ -194,6 +205,7 @@ class OPT2IProposer:
         self.mode = mode
         self.feedback_chars = feedback_chars
         self.inline_feedback = bool(inline_feedback)
+        self.stop_early = stop_early
         # The template's own words, to spot a reply that echoes the instructions.
         texts = [t.replace("$order", order) for t in (self.template, self.video_template)
                  for order in _ORDER_TEXT.values()]
@@ -206,7 +218,8 @@ class OPT2IProposer:
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "max_retries": self.max_retries,
                 "max_feedback": self.max_feedback, "min_overlap": self.min_overlap, "mode": self.mode,
                 "feedback_chars": self.feedback_chars, "inline_feedback": self.inline_feedback,
-                "video_template": self.video_template, "video_max_words": self.video_max_words}
+                "video_template": self.video_template, "video_max_words": self.video_max_words,
+                "stop_early": self.stop_early}
 
     # ------------------------------------------------------------ meta-prompt
     @staticmethod
@@ -294,6 +307,52 @@ class OPT2IProposer:
         need = min(self.min_overlap, len(intent_words))
         return len(intent_words & _content_words(cand)) < need
 
+    # ------------------------------------------------------------ filtering
+    def _keep(self, items: list[str], n: int, seen: set[str], stats: dict, *, protected: list[str],
+              intent_words: set[str], video: bool, max_words: int) -> list[str]:
+        """The first ``n`` of ``items`` that pass every check, in order; each kept one joins ``seen``."""
+        kept: list[str] = []
+        for cand in items:
+            if len(kept) >= n:
+                break
+            stats["parsed"] += 1
+            cand = " ".join(protect.strip_keep_tags(cand).split())
+            if self._off_topic(cand, intent_words):
+                stats["rejected_off_topic"] += 1
+                continue
+            cand, missing = protect.enforce(cand, protected)
+            if cand is None:
+                stats["rejected_protected"] += 1
+                continue
+            stats["repaired"] += bool(missing)
+            if video and len(cand.split()) > self.video_max_words:
+                cand = cut_to_words(cand, self.video_max_words)
+                stats["cut_to_words"] += 1
+                if protected and protect.check(cand, protected):  # the cut lost a protected span
+                    stats["rejected_protected"] += 1
+                    continue
+            elif not video and len(cand.split()) > max_words:
+                stats["rejected_length"] += 1
+                continue
+            key = normalize_for_dedup(cand)
+            if key in seen:
+                stats["rejected_seen"] += 1
+                continue
+            seen.add(key)
+            kept.append(cand)
+        return kept
+
+    def _stop_rule(self, want: int, max_items: int, seen: set[str], checks: dict) -> ListStop:
+        """A rule that ends the list reply once its finished items hold ``want`` prompts ``_keep`` keeps."""
+        frozen = set(seen)  # the rule judges partial replies against the prompts seen before this request
+
+        def usable(items: list[str]) -> list[str]:
+            return self._keep(items, want, set(frozen), collections.defaultdict(int), **checks)
+
+        key = content_key("opt2i-keep", sorted(frozen), checks["protected"], sorted(checks["intent_words"]),
+                          checks["video"], checks["max_words"], self.min_overlap, self.video_max_words, self._static)
+        return ListStop(want, usable, key=key, max_items=max_items)
+
     # ------------------------------------------------------------ proposing
     def propose(self, state: SearchState, n: int) -> list[str]:
         """Up to ``n`` new prompts, distinct from each other and from every tried prompt."""
@@ -326,6 +385,9 @@ class OPT2IProposer:
         else:
             item_tokens = max(24, min(int(state.max_prompt_tokens) + 8, 2 * len(intent_words) * 2 + 24))
 
+        # what a parsed candidate must pass to be kept (see _keep)
+        checks = {"protected": protected, "intent_words": intent_words, "video": video, "max_words": max_words}
+
         # 2. ask, parse, filter; retry with a fresh seed while nothing usable came back
         accepted: list[str] = []
         usage: dict = {}
@@ -334,13 +396,18 @@ class OPT2IProposer:
             seed = state.rng.randrange(2**31)  # the run's RNG, never the global one
             if self.mode == "list":  # one reply, a numbered list; stop where item want+1 would begin
                 messages = self.build_messages(state, want, protected)
+                max_items = 4 * want
                 request = {"n": 1, "max_tokens": self.max_tokens or want * item_tokens + 16,
-                           "stop": [f"\n{want + 1}.", f"\n{want + 1})"]}
+                           "stop": [f"\n{want + 1}.", f"\n{want + 1})"],
+                           # ... or as soon as its finished items hold the `want` prompts this
+                           # proposer keeps: the rest of a small LLM's reply is mostly rambling
+                           "stop_rule": self._stop_rule(want, max_items, seen, checks) if self.stop_early else None}
             else:  # want replies of one revision each, decoded together where the backend can
                 messages = self.build_messages(state, 1, protected)
                 # a reply ends at a blank line or where a second list item would begin (only
                 # its first item is read)
                 request = {"n": want, "max_tokens": self.max_tokens or item_tokens, "stop": ["\n\n", "\n2.", "\n2)"]}
+                max_items = 1
             stats["attempts"] += 1
             stats["llm_calls"] += 1
             try:
@@ -354,36 +421,8 @@ class OPT2IProposer:
             for k, v in (getattr(self.llm, "last_usage", None) or {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     usage[k] = usage.get(k, 0) + v
-            items = [c for reply in replies for c in parse_prompts(reply, max_items=4 * want if
-                                                                      self.mode == "list" else 1)]
-            for cand in items:
-                stats["parsed"] += 1
-                cand = " ".join(protect.strip_keep_tags(cand).split())
-                if self._off_topic(cand, intent_words):
-                    stats["rejected_off_topic"] += 1
-                    continue
-                cand, missing = protect.enforce(cand, protected)
-                if cand is None:
-                    stats["rejected_protected"] += 1
-                    continue
-                stats["repaired"] += bool(missing)
-                if video and len(cand.split()) > self.video_max_words:
-                    cand = cut_to_words(cand, self.video_max_words)
-                    stats["cut_to_words"] += 1
-                    if protected and protect.check(cand, protected):  # the cut lost a protected span
-                        stats["rejected_protected"] += 1
-                        continue
-                elif not video and len(cand.split()) > max_words:
-                    stats["rejected_length"] += 1
-                    continue
-                key = normalize_for_dedup(cand)
-                if key in seen:
-                    stats["rejected_seen"] += 1
-                    continue
-                seen.add(key)
-                accepted.append(cand)
-                if len(accepted) >= n:
-                    break
+            items = [c for reply in replies for c in parse_prompts(reply, max_items=max_items)]
+            accepted += self._keep(items, n - len(accepted), seen, stats, **checks)
             # Retries are for empty-handed attempts; a partial answer is kept as is
             # (asking again for the rest would double the LLM time per iteration).
             if accepted:

@@ -24,15 +24,18 @@ A raw mode (no rewriting at all, only the negative prompt searched) is the
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import re
 import string
 from typing import Any, Sequence
 
 from mmopt import protect
+from mmopt.cache import content_key
 from mmopt.errors import LLMError, LLMUnavailableError
 from mmopt.llm.base import chat
-from mmopt.llm.parsing import normalize_for_dedup, parse_prompts
+from mmopt.llm.parsing import ListStop, normalize_for_dedup, parse_prompts
 from mmopt.types import Candidate, SearchState, Trial
 
 __all__ = ["Rewriter", "MODES", "STYLE_TEXT", "history_lines", "protected_block", "resolve_llm", "SYSTEM_MESSAGE"]
@@ -85,12 +88,15 @@ class Rewriter:
     """Base of the LLM proposers: the LLM, the decoding settings, the mode, and ``accept``.
 
     ``llm``: anything with ``chat`` (the LLM protocol); ``temperature``; ``max_retries``:
-    extra attempts after one that gave nothing usable; ``mode``: ``"free"`` or ``"subject"``.
+    extra attempts after one that gave nothing usable; ``mode``: ``"free"`` or ``"subject"``;
+    ``stop_early``: end a list reply once it holds what ``accept`` keeps (False decodes every
+    reply to its end: the same candidates, more tokens; see :meth:`stop_rule`).
     """
 
     name = "rewriter"
 
-    def __init__(self, llm: Any, *, temperature: float = 0.8, max_retries: int = 1, mode: str = "free"):
+    def __init__(self, llm: Any, *, temperature: float = 0.8, max_retries: int = 1, mode: str = "free",
+                 stop_early: bool = True):
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
@@ -99,14 +105,18 @@ class Rewriter:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(stop_early, bool):
+            raise TypeError(f"stop_early must be True or False, got {stop_early!r}")
         self.llm = llm
+        self.stop_early = stop_early
         self.temperature = float(temperature)
         self.max_retries = max_retries
         self.mode = mode
         self.last_stats: dict = {}
 
     def base_config(self) -> dict:
-        return {"llm": self.llm, "temperature": self.temperature, "max_retries": self.max_retries, "mode": self.mode}
+        return {"llm": self.llm, "temperature": self.temperature, "max_retries": self.max_retries, "mode": self.mode,
+                "stop_early": self.stop_early}
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -147,13 +157,13 @@ class Rewriter:
         return stats
 
     def complete(self, messages: list[dict], state: SearchState, stats: dict, *, max_tokens: int,
-                 stop: list[str] | None = None, temperature: float | None = None) -> str | None:
+                 stop: list[str] | None = None, temperature: float | None = None, stop_rule: Any = None) -> str | None:
         """One LLM reply (counted); None when the LLM failed (recorded). An unreachable LLM raises."""
         seed = state.rng.randrange(2**31)  # the run's RNG, never the global one
         stats["llm_calls"] += 1
         try:
             return chat(self.llm, messages, n=1, temperature=self.temperature if temperature is None else temperature,
-                        max_tokens=max_tokens, seed=seed, stop=stop)[0]
+                        max_tokens=max_tokens, seed=seed, stop=stop, stop_rule=stop_rule)[0]
         except LLMUnavailableError:
             raise  # the LLM is down: the run stops (resumable), it is not an empty iteration
         except LLMError as e:
@@ -224,6 +234,26 @@ class Rewriter:
             extra = text.strip(" ,.;:-")
         return f"{head}, {extra}" if extra else None
 
+    def stop_rule(self, state: SearchState, n: int, accepted: list[Candidate], negative: str | None) -> ListStop:
+        """A rule that ends a list reply once its finished items hold the ``n - len(accepted)``
+        candidates :meth:`accept` would add: the same candidates as from the whole reply."""
+        before = list(accepted)
+        screen, verdicts = state.screen, {}
+        if screen is not None:  # the rule re-reads a reply as it grows: screen each candidate once
+            def screen_once(cand):
+                if cand not in verdicts:
+                    verdicts[cand] = screen(cand)
+                return verdicts[cand]
+            state = dataclasses.replace(state, screen=screen_once)
+
+        def usable(items: list[str]) -> list[Candidate]:
+            return self.accept(items, state, collections.defaultdict(int), n, list(before), negative)[len(before):]
+
+        key = content_key("rewriter-accept", sorted(state.seen_prompts()), state.intent, state.protected,
+                          self.mode, int(state.max_prompt_tokens), negative, [c.key() for c in before],
+                          None if screen is None else getattr(screen, "key", repr(screen)))
+        return ListStop(n - len(before), usable, key=key, max_items=4 * (n - len(before)))
+
     def ask_list(self, messages: list[dict], state: SearchState, stats: dict, n: int, *,
                  accepted: list[Candidate] | None = None, negative: str | None = None) -> list[Candidate]:
         """Ask for a numbered list of ``n`` prompts (retrying while nothing usable came back)."""
@@ -234,8 +264,11 @@ class Rewriter:
             if want <= 0:
                 break
             stats["attempts"] += 1
+            # the reply ends where item want+1 would begin, or once its finished items hold the
+            # `want` prompts accept() keeps (the rest of a small LLM's reply is mostly rambling)
             reply = self.complete(messages, state, stats, max_tokens=want * self.item_tokens(state) + 16,
-                                  stop=[f"\n{want + 1}.", f"\n{want + 1})"])
+                                  stop=[f"\n{want + 1}.", f"\n{want + 1})"],
+                                  stop_rule=self.stop_rule(state, n, accepted, negative) if self.stop_early else None)
             if reply is None:
                 continue
             self.accept(parse_prompts(reply, max_items=4 * want), state, stats, n, accepted, negative)
