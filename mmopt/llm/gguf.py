@@ -65,7 +65,8 @@ class LlamaCppBackend:
     ``n_threads``: llama.cpp threads per request; None picks the cores that are
     free at that moment (``mmopt.device.free_cpu_cores``), since llama.cpp's
     threads spin while waiting and more threads than free cores makes it
-    several times slower on a busy machine. ``n_ctx`` is the context window
+    several times slower on a busy machine; a lookahead proposal's first request
+    borrows every core for its prompt while the render waits (``CoreHandoff``). ``n_ctx`` is the context window
     (prompt + every parallel reply). The chat template comes from the GGUF
     metadata. ``reuse_prefix=False`` evaluates every prompt from scratch (same
     results, slower; for measuring what the reuse saves).
@@ -76,10 +77,10 @@ class LlamaCppBackend:
 
     def __init__(self, path: str, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = True):
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError as e:
             raise MissingExtraError("llama-cpp-python", "llamacpp", "fast GGUF inference") from e
-        from mmopt.llm.llamacpp_engine import LlamaCppEngine
+        from mmopt.llm.llamacpp_engine import LlamaCppEngine, load_llama
 
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be an int >= 1 or None (the free cores), got {n_threads!r}")
@@ -90,7 +91,7 @@ class LlamaCppBackend:
         self.n_threads = n_threads
         try:
             # this context only carries the weights, tokenizer and template; the engine decodes in its own
-            self._llm = Llama(model_path=self.path, n_ctx=64, n_threads=n_threads or 1, verbose=False)
+            self._llm = load_llama(self.path, n_threads=n_threads or 1)
             self.engine = LlamaCppEngine(self._llm, n_ctx, reuse_prefix=reuse_prefix)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.path!r}: {e}") from e
@@ -102,17 +103,28 @@ class LlamaCppBackend:
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                 seed: int | None, stop: list[str] | None = None, stop_rule=None) -> list[str]:
-        from mmopt.device import free_cpu_cores
+        from mmopt.device import free_cpu_cores, thread_handoff, usable_cores
 
         with self._lock:  # one llama context: requests run one at a time
-            threads = self.n_threads or free_cpu_cores()
+            # a lookahead proposal's first request reads its prompt on every core while the render
+            # waits, then decodes on the cores the render does not use (mmopt.device.CoreHandoff)
+            handoff = thread_handoff() if self.n_threads is None else None
+            lent = handoff is not None and handoff.claim()
+            if lent:
+                threads, decode_threads = usable_cores(), max(1, usable_cores() - 1)
+            else:
+                threads, decode_threads = self.n_threads or free_cpu_cores(), None
             try:
                 texts, usage = self.engine.generate(messages, n=n, temperature=temperature, max_tokens=max_tokens,
                                                     seed=seed, stop=stop, threads=threads,
-                                                    stop_rule=stop_rule)
+                                                    stop_rule=stop_rule, decode_threads=decode_threads,
+                                                    on_prefill=handoff.release if lent else None)
             except ValueError as e:  # e.g. a template that cannot format these messages
                 raise LLMError(f"llama.cpp failed on {self.path!r}: {e}") from e
-            self.last_usage = usage.as_dict()
+            finally:
+                if lent:
+                    handoff.release()
+            self.last_usage = {**usage.as_dict(), "cores_lent": lent}
         return texts
 
 

@@ -33,6 +33,7 @@ context of its own with room for several sequences.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +43,53 @@ from mmopt.llm.base import sample_seed
 CHUNK = 64        # prompt tokens per evaluation batch: the grid that makes prefix reuse exact
 MAX_SEQUENCES = 8  # completions decoded together at most (more are decoded in rounds)
 SMALL_MODEL_PARAMS = 500_000_000  # below this, decode steps run on one thread (see _use_threads)
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX (its tiles show as ``amx_*`` flags in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return " amx_int8" in line or " amx_tile" in line
+    except OSError:
+        pass
+    return False
+
+
+def load_llama(path: str, *, n_threads: int):
+    """A llama-cpp-python ``Llama`` over the GGUF file at ``path`` (weights, tokenizer, template).
+
+    On CPUs with AMX, llama.cpp moves quantised weights into its AMX buffers, and its AMX
+    matrix product crashed the process (segmentation fault) on the first batch with
+    llama-cpp-python 0.3.36 and SmolLM2's Q4_1 weights; the model is loaded without the extra
+    buffer types there (llama.cpp's ``--no-repack``), which gives the same results, from the
+    plain CPU kernels. ``Llama`` takes no argument for it, so the default parameters it asks
+    for are adjusted while it loads.
+    """
+    import llama_cpp.llama as high_level
+    from llama_cpp import Llama
+
+    low = high_level.llama_cpp
+    defaults = low.llama_model_default_params
+    plain = _cpu_has_amx() and any(name == "use_extra_bufts" for name, *_ in low.llama_model_params._fields_)
+    if not plain:
+        return Llama(model_path=path, n_ctx=64, n_threads=n_threads, verbose=False)
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _LOAD_LOCK:
+        low.llama_model_default_params = without_extra_buffers
+        try:
+            return Llama(model_path=path, n_ctx=64, n_threads=n_threads, verbose=False)
+        finally:
+            low.llama_model_default_params = defaults
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -91,6 +139,7 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx
         self.n_params = int(llama._model.n_params())
         self._threads = max(1, int(llama.context_params.n_threads))
+        self._decode_threads: int | None = None  # threads for decode steps when not self._threads
         self._vocab = llama._model.vocab
         # the chat template stored in the GGUF file formats the conversation
         template = llama.metadata.get("tokenizer.chat_template")
@@ -165,16 +214,23 @@ class LlamaCppEngine:
         163 vs 143 tokens/s on 2 vs 1 threads. The text is the same on any thread count.
         """
         small = self.n_params < SMALL_MODEL_PARAMS
-        one_token = 1 if small else self._threads             # llama.cpp's threads for 1-token batches
-        batch = 1 if small and stage == "decode" else self._threads  # ... and for larger ones
+        threads = self._decode_threads if stage == "decode" and self._decode_threads else self._threads
+        one_token = 1 if small else threads             # llama.cpp's threads for 1-token batches
+        batch = 1 if small and stage == "decode" else threads  # ... and for larger ones
         self.ctx.set_n_threads(one_token, batch)
 
     def generate(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                  seed: int | None, stop: list[str] | None = None, threads: int | None = None,
-                 stop_rule=None) -> tuple[list[str], Usage]:
-        """``n`` completions of ``messages`` (in rounds of at most MAX_SEQUENCES), and the usage."""
+                 stop_rule=None, decode_threads: int | None = None,
+                 on_prefill=None) -> tuple[list[str], Usage]:
+        """``n`` completions of ``messages`` (in rounds of at most MAX_SEQUENCES), and the usage.
+
+        ``threads``: llama.cpp's threads (``decode_threads`` for the decode steps when given);
+        ``on_prefill()`` is called once the first round's prompt is read (a CoreHandoff's release).
+        """
         usage = Usage()
         self._threads = threads or self._threads
+        self._decode_threads = decode_threads
         if threads:
             usage.threads = threads
         tokens, template_stops = self.prompt_tokens(messages)
@@ -186,10 +242,11 @@ class LlamaCppEngine:
                 raise LLMError(f"the request needs {len(tokens)} prompt tokens + {k} x {max_tokens} new tokens, "
                                f"over the {self.n_ctx}-token context; ask for fewer tokens or completions")
             seeds = [sample_seed(seed, len(outputs) + i) for i in range(k)]
-            outputs += self._round(tokens, seeds, temperature, max_tokens, stops, stop_rule, usage)
+            outputs += self._round(tokens, seeds, temperature, max_tokens, stops, stop_rule, usage,
+                                   on_prefill if not outputs else None)
         return outputs, usage
 
-    def _round(self, tokens, seeds, temperature, max_tokens, stops, stop_rule, usage) -> list[str]:
+    def _round(self, tokens, seeds, temperature, max_tokens, stops, stop_rule, usage, on_prefill=None) -> list[str]:
         # 1. the prompt, once, for sequence 0; the other sequences share its cells
         t0 = time.perf_counter()
         self._use_threads("prefill")
@@ -198,6 +255,8 @@ class LlamaCppEngine:
         for s in range(1, len(seeds)):
             self.ctx.kv_cache_seq_cp(0, s, 0, p)
         usage.prefill_s += time.perf_counter() - t0
+        if on_prefill is not None:
+            on_prefill()
         # 2. decode every live sequence in one batch per step
         t0 = time.perf_counter()
         self._use_threads("decode")
