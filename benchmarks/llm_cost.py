@@ -116,14 +116,19 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
         ev.evaluate_all([prompt], list(range(args.budget)), prompt)
         return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0, "llm_wait": 0.0,
                 "calls": []}
-    proposer = _proposer(config, parts["llm"], parts["legacy_llm"], args.candidates)
+    # each run its own request memo over the shared model: no configuration is answered from
+    # another's replies (the model's prompt cache carries over, as in one process)
+    from mmopt.llm.base import ChatLLM
+
+    own = {k: ChatLLM(parts[k].backend, max_retries=parts[k].max_retries) for k in ("llm", "legacy_llm")}
+    proposer = _proposer(config, own["llm"], own["legacy_llm"], args.candidates)
     calls = []
     opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
                     seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget),
                     lookahead="+lookahead" in config, strategy="append" if "+append" in config else None,
                     lend_cores=False if "+beside" in config else None)
     inner = proposer.propose
-    llm = parts["legacy_llm"] if config == "opt2i/legacy" else parts["llm"]
+    llm = own["legacy_llm"] if config == "opt2i/legacy" else own["llm"]
 
     def recording(state, n):  # one row per propose call: what the LLM did for it (the LLM's usage counters)
         before = dict(llm.usage)
