@@ -85,13 +85,15 @@ def chat(llm: Any, messages: list[dict], *, stop: list[str] | None = None, stop_
 
 
 def _takes(function: Callable, name: str) -> bool:
-    """Whether ``function`` has a parameter called ``name``."""
+    """Whether ``function`` has a parameter called ``name``, or takes any keyword (``**kwargs``:
+    a wrapper that hands everything on)."""
     import inspect
 
     try:
-        return name in inspect.signature(function).parameters
+        params = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @runtime_checkable

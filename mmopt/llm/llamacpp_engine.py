@@ -60,12 +60,14 @@ def _cpu_has_amx() -> bool:
 def load_llama(path: str, *, n_threads: int):
     """A llama-cpp-python ``Llama`` over the GGUF file at ``path`` (weights, tokenizer, template).
 
-    On CPUs with AMX, llama.cpp moves quantised weights into its AMX buffers, and its AMX
-    matrix product crashed the process (segmentation fault) on the first batch with
-    llama-cpp-python 0.3.36 and SmolLM2's Q4_1 weights; the model is loaded without the extra
-    buffer types there (llama.cpp's ``--no-repack``), which gives the same results, from the
-    plain CPU kernels. ``Llama`` takes no argument for it, so the default parameters it asks
-    for are adjusted while it loads.
+    On CPUs with AMX, llama.cpp moves quantised weights into AMX buffers, and those kernels
+    are wrong or crash for SmolLM2's Q4_1 weights: with llama-cpp-python 0.3.16 a prompt read
+    in batches of 32 tokens or more gets wrong logits (perplexity 730-806 on this project's
+    README vs 57-73 on the plain kernels; batches of up to 16 and single tokens are right), and
+    with 0.3.36 the process segfaults on the first batch. So on an AMX CPU the model is loaded
+    without the extra buffer types (llama.cpp's ``--no-repack``): the plain CPU kernels.
+    ``Llama`` takes no argument for it, so the default parameters it asks for are adjusted
+    while it loads.
     """
     import llama_cpp.llama as high_level
     from llama_cpp import Llama
@@ -138,6 +140,7 @@ class LlamaCppEngine:
         self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
         self.n_ctx = n_ctx
         self.n_params = int(llama._model.n_params())
+        self.small = self.n_params < SMALL_MODEL_PARAMS
         self._threads = max(1, int(llama.context_params.n_threads))
         self._decode_threads: int | None = None  # threads for decode steps when not self._threads
         self._vocab = llama._model.vocab
@@ -213,10 +216,9 @@ class LlamaCppEngine:
         sequence 78 steps/s on 1 thread vs 35 on 2; 4 sequences 25 vs 24 steps/s; prompt chunks
         163 vs 143 tokens/s on 2 vs 1 threads. The text is the same on any thread count.
         """
-        small = self.n_params < SMALL_MODEL_PARAMS
         threads = self._decode_threads if stage == "decode" and self._decode_threads else self._threads
-        one_token = 1 if small else threads             # llama.cpp's threads for 1-token batches
-        batch = 1 if small and stage == "decode" else threads  # ... and for larger ones
+        one_token = 1 if self.small else threads             # llama.cpp's threads for 1-token batches
+        batch = 1 if self.small and stage == "decode" else threads  # ... and for larger ones
         self.ctx.set_n_threads(one_token, batch)
 
     def generate(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
