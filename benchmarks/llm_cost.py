@@ -26,6 +26,9 @@ by prompt so the machine's load hits all alike:
   the prompt on every core, then renders beside its decoding (``Optimizer(lend_cores=None)``,
   the default on a machine without an accelerator); ``...+beside`` reads the prompt on the
   one core the render leaves free (``lend_cores=False``): the same proposals either way;
+* ``opt2i/parallel+append``: the parallel replies of a request decode as two batches on
+  two cores at once (``LlamaCppBackend(lanes=None)``, the default);
+  ``...+onelane`` as one batch on one core (``lanes=1``): the same proposals;
 * ``opt2i/list+append``, ``opt2i/parallel+append``: the same two requests under the
   ``append`` strategy (OPT2I's top-10, frozen between compactions and shown in trial
   order, so each request's meta-prompt is the last one plus new lines at its end and
@@ -63,9 +66,9 @@ LEGACY_TEMPLATE = (
     "Reply with a numbered list only.\n"
 )
 CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list+whole", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead",
-           "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append", "opt2i/list+append+lookahead+beside",
-           "opt2i/list+append+lookahead", "concepts", "textgrad")
-TWINS = ("+whole", "+beside")  # configurations that must propose what their twin without the suffix does
+           "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append+onelane", "opt2i/parallel+append",
+           "opt2i/list+append+lookahead+beside", "opt2i/list+append+lookahead", "concepts", "textgrad")
+TWINS = ("+whole", "+beside", "+onelane")  # configurations that must propose what their twin without the suffix does
 
 
 class _NoStop:
@@ -138,7 +141,15 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
         return out
 
     proposer.propose = recording
-    res = opt.run(prompt)
+    backend = llm.backend
+    lanes = getattr(backend, "lanes", None)  # llama.cpp's: the +onelane twin decodes on one core
+    if "+onelane" in config:
+        backend.lanes = 1
+    try:
+        res = opt.run(prompt)
+    finally:
+        if hasattr(backend, "lanes"):
+            backend.lanes = lanes
     return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0,
             "llm_wait": res.timings["propose"], "render_waited": res.timings.get("lent_cores", 0.0),
             "images": res.images, "calls": calls,

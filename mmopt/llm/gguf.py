@@ -69,13 +69,18 @@ class LlamaCppBackend:
     borrows every core for its prompt while the render waits (``CoreHandoff``). ``n_ctx`` is the context window
     (prompt + every parallel reply). The chat template comes from the GGUF
     metadata. ``reuse_prefix=False`` evaluates every prompt from scratch (same
-    results, slower; for measuring what the reuse saves).
+    results, slower; for measuring what the reuse saves). ``lanes``: the ``n``
+    replies of a small model decode as two batches on two cores at once on a
+    machine with two or more (None, the default; ``1`` never; not beside a
+    lookahead render): llama.cpp's decode of a small model does not split over
+    cores, but two contexts over the same weights run side by side at full speed.
     """
 
     name = "llamacpp"
     engine_version = 1  # bump when decoding changes what a seeded request returns
 
-    def __init__(self, path: str, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = True):
+    def __init__(self, path: str, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = True,
+                 lanes: int | None = None):
         try:
             import llama_cpp  # noqa: F401
         except ImportError as e:
@@ -84,6 +89,9 @@ class LlamaCppBackend:
 
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be an int >= 1 or None (the free cores), got {n_threads!r}")
+        if lanes not in (None, 1, 2):
+            raise ValueError(f"lanes must be 1, 2 or None (two when two cores are free), got {lanes!r}")
+        self.lanes = lanes
         self.path = str(path)
         # The request-cache identity: the file's content and how it is decoded.
         self.model = f"{self.path}@{file_fingerprint(self.path)}#engine{self.engine_version}"
@@ -114,17 +122,21 @@ class LlamaCppBackend:
                 threads, decode_threads = usable_cores(), max(1, usable_cores() - 1)
             else:
                 threads, decode_threads = self.n_threads or free_cpu_cores(), None
+            # n replies of a small model decode as two batches on two cores, unless a render runs
+            # beside them (lent). Chosen from the machine, not its load: the split could change a
+            # reply in its last bits, and a run must give the same result twice
+            lanes = self.lanes or (2 if usable_cores() >= 2 and decode_threads is None else 1)
             try:
                 texts, usage = self.engine.generate(messages, n=n, temperature=temperature, max_tokens=max_tokens,
                                                     seed=seed, stop=stop, threads=threads,
                                                     stop_rule=stop_rule, decode_threads=decode_threads,
-                                                    on_prefill=handoff.release if lent else None)
+                                                    on_prefill=handoff.release if lent else None, lanes=lanes)
             except ValueError as e:  # e.g. a template that cannot format these messages
                 raise LLMError(f"llama.cpp failed on {self.path!r}: {e}") from e
             finally:
                 if lent:
                     handoff.release()
-            self.last_usage = {**usage.as_dict(), "cores_lent": lent}
+            self.last_usage = {**usage.as_dict(), "cores_lent": lent, "lanes": lanes if n > 1 else 1}
         return texts
 
 

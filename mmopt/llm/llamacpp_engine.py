@@ -20,7 +20,12 @@ iteration to the next) and token-by-token decoding. This engine cuts both:
    once per step), so n completions cost about as much as the longest one.
    The result is reproducible for the same request; completion i can differ
    in the last bits from a request with another n, since the batch it was
-   decoded in differs.
+   decoded in differs. A small model's decode does not split over cores, so
+   with two cores free the sequences go in two **lanes**: the second half
+   decodes in a second context over the same weights (holding a copy of the
+   prompt's cells) on a thread of its own, at full speed beside the first
+   (the replies read the same as from one batch in the project's tests and
+   benchmarks).
 3. **Stop strings** end a sequence as soon as they appear (the text is cut
    before them); the end-of-generation tokens of the vocabulary end it too.
    A **stop rule** (``stop_rule(text) -> length to keep or None``, e.g.
@@ -136,8 +141,10 @@ class LlamaCppEngine:
         params.n_seq_max = MAX_SEQUENCES
         params.kv_unified = True  # the sequences share one cache: the prompt's cells are not copied
         params.n_threads = params.n_threads_batch = llama.context_params.n_threads
+        self._params = params
         self.ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
+        self._lane2 = None  # (context, batch) decoding half the sequences on a second core (made on first use)
         self.n_ctx = n_ctx
         self.n_params = int(llama._model.n_params())
         self.small = self.n_params < SMALL_MODEL_PARAMS
@@ -191,8 +198,8 @@ class LlamaCppEngine:
         usage.reused_tokens += reuse
         return last
 
-    def _decode(self) -> None:
-        code = self._api.llama_decode(self.ctx.ctx, self.batch.batch)
+    def _decode(self, ctx=None, batch=None) -> None:
+        code = self._api.llama_decode((ctx or self.ctx).ctx, (batch or self.batch).batch)
         if code != 0:
             raise LLMError(f"llama.cpp could not decode a batch (code {code}): the context window "
                            f"({self.n_ctx} tokens) may be too small for this request")
@@ -224,11 +231,12 @@ class LlamaCppEngine:
     def generate(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                  seed: int | None, stop: list[str] | None = None, threads: int | None = None,
                  stop_rule=None, decode_threads: int | None = None,
-                 on_prefill=None) -> tuple[list[str], Usage]:
+                 on_prefill=None, lanes: int = 1) -> tuple[list[str], Usage]:
         """``n`` completions of ``messages`` (in rounds of at most MAX_SEQUENCES), and the usage.
 
         ``threads``: llama.cpp's threads (``decode_threads`` for the decode steps when given);
-        ``on_prefill()`` is called once the first round's prompt is read (a CoreHandoff's release).
+        ``on_prefill()`` is called once the first round's prompt is read (a CoreHandoff's release);
+        ``lanes=2`` decodes a small model's sequences as two batches on two cores at once.
         """
         usage = Usage()
         self._threads = threads or self._threads
@@ -245,66 +253,132 @@ class LlamaCppEngine:
                                f"over the {self.n_ctx}-token context; ask for fewer tokens or completions")
             seeds = [sample_seed(seed, len(outputs) + i) for i in range(k)]
             outputs += self._round(tokens, seeds, temperature, max_tokens, stops, stop_rule, usage,
-                                   on_prefill if not outputs else None)
+                                   on_prefill if not outputs else None, lanes)
         return outputs, usage
 
-    def _round(self, tokens, seeds, temperature, max_tokens, stops, stop_rule, usage, on_prefill=None) -> list[str]:
+    def _round(self, tokens, seeds, temperature, max_tokens, stops, stop_rule, usage, on_prefill=None,
+               lanes: int = 1) -> list[str]:
+        k, p = len(seeds), len(tokens)
         # 1. the prompt, once, for sequence 0; the other sequences share its cells
         t0 = time.perf_counter()
         self._use_threads("prefill")
         last = self._prefill(tokens, usage)
-        p = len(tokens)
-        for s in range(1, len(seeds)):
+        for s in range(1, k):
             self.ctx.kv_cache_seq_cp(0, s, 0, p)
         usage.prefill_s += time.perf_counter() - t0
         if on_prefill is not None:
             on_prefill()
-        # 2. decode every live sequence in one batch per step
+        # 2. each sequence's first token from the prompt's logits, then every live sequence in one
+        #    batch per step; with lanes=2 a small model's second half decodes in a second lane
         t0 = time.perf_counter()
         self._use_threads("decode")
         samplers = [self._sampler(temperature, sd) for sd in seeds]
         generated: list[list[int]] = [[] for _ in seeds]
-        texts = [""] * len(seeds)
-        live = list(range(len(seeds)))
-        index = {s: last for s in live}  # where each sequence's next logits sit in the last batch
+        texts = [""] * k
         try:
-            for step in range(max_tokens):
-                new = []
-                for s in live:
-                    tok = samplers[s].sample(self.ctx, index[s])
-                    usage.completion_tokens += 1
-                    if self._api.llama_vocab_is_eog(self._vocab, tok):
-                        continue
-                    generated[s].append(tok)
-                    # the whole reply each time: a character may span tokens
-                    text = self.llama.detokenize(generated[s]).decode("utf-8", errors="ignore")
-                    cut = min((text.find(x) for x in stops if x in text), default=-1)
-                    if cut < 0 and stop_rule is not None:
-                        cut = stop_rule(text)
-                        cut = -1 if cut is None else cut
-                    if cut >= 0:
-                        texts[s] = text[:cut]
-                        continue
-                    texts[s] = text
-                    new.append((s, tok))
-                live = [s for s, _ in new]
-                if not live or step == max_tokens - 1:
-                    break
-                self.batch.reset()
-                for j, (s, tok) in enumerate(new):
-                    b = self.batch.batch
-                    b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, p + step, 1, True
-                    b.seq_id[j][0] = s
-                    index[s] = j
-                self.batch.batch.n_tokens = len(new)
-                self._decode()
-                usage.decode_steps += 1
+            live = []
+            for i in range(k):
+                tok = samplers[i].sample(self.ctx, last)
+                if self._take(i, tok, generated, texts, stops, stop_rule):
+                    live.append((i, i, tok))
+            tokens_out, steps = self._decode_lane(self.ctx, self.batch, live, samplers, generated, texts, p,
+                                                  max_tokens, stops, stop_rule,
+                                                  split=lanes > 1 and self.small)
+            usage.completion_tokens += k + tokens_out
+            usage.decode_steps += steps
         finally:
             # 3. keep only the prompt (sequence 0) for the next request's prefix
-            for s in range(1, len(seeds)):
+            for s in range(1, k):
                 self.ctx.kv_cache_seq_rm(s, 0, -1)
             self.ctx.kv_cache_seq_rm(0, p, -1)
+            if self._lane2 is not None:
+                self._lane2[0].kv_cache_clear()
             for sampler in samplers:
                 sampler.close()
         usage.decode_s += time.perf_counter() - t0
         return texts
+
+    def _take(self, i, tok, generated, texts, stops, stop_rule) -> bool:
+        """Add ``tok`` to sequence ``i``; False when the sequence has ended (end of generation, a stop)."""
+        if self._api.llama_vocab_is_eog(self._vocab, tok):
+            return False
+        generated[i].append(tok)
+        # the whole reply each time: a character may span tokens
+        text = self.llama.detokenize(generated[i]).decode("utf-8", errors="ignore")
+        cut = min((text.find(x) for x in stops if x in text), default=-1)
+        if cut < 0 and stop_rule is not None:
+            cut = stop_rule(text)
+            cut = -1 if cut is None else cut
+        texts[i] = text[:cut] if cut >= 0 else text
+        return cut < 0
+
+    def _decode_lane(self, ctx, batch, live, samplers, generated, texts, p, max_tokens, stops, stop_rule,
+                     step: int = 0, split: bool = False):
+        """Decode ``live`` = [(sequence id in ``ctx``, index in the request, its last token)] from
+        ``step`` to their ends; returns (tokens sampled, batches decoded along the longest lane).
+
+        With ``split`` and two sequences or more live, the second half first moves to the second
+        lane (their cells copied to its context) and decodes there on a thread of its own
+        (llama.cpp releases the GIL while it decodes). Moving replies later, in the middle (when a
+        lookahead render ends), was tried: it changed a reply in its last bits (the first lane's
+        batch and cells change), and when would depend on timing, so it is not done.
+        """
+        tokens = steps = 0
+        other = pool = None
+        try:
+            while live and step < max_tokens - 1:
+                if split and len(live) >= 2:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    half = (len(live) + 1) // 2  # sequence 0 (the next request's prefix) stays here
+                    moved = self._move_to_second_lane(ctx, live[half:])
+                    pool = ThreadPoolExecutor(1, thread_name_prefix="mmopt-lane")
+                    other = (steps, pool.submit(self._decode_lane, *self._lane2, moved, samplers, generated,
+                                                texts, p, max_tokens, stops, stop_rule, step))
+                    live = live[:half]
+                split = False
+                batch.reset()
+                for j, (sid, _, tok) in enumerate(live):
+                    b = batch.batch
+                    b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, p + step, 1, True
+                    b.seq_id[j][0] = sid
+                batch.batch.n_tokens = len(live)
+                self._decode(ctx, batch)
+                steps += 1
+                new = []
+                for j, (sid, i, _) in enumerate(live):
+                    tok = samplers[i].sample(ctx, j)
+                    tokens += 1
+                    if self._take(i, tok, generated, texts, stops, stop_rule):
+                        new.append((sid, i, tok))
+                live, step = new, step + 1
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # the second lane ends before its cells are cleared
+        if other is not None:
+            moved_tokens, moved_steps = other[1].result()
+            tokens, steps = tokens + moved_tokens, max(steps, other[0] + moved_steps)
+        return tokens, steps
+
+    def _move_to_second_lane(self, ctx, moving):
+        """Copy the cells of the ``moving`` sequences of ``ctx`` into the second lane's context (as
+        its sequences 0, 1, ...), drop them from ``ctx``, and return them renumbered."""
+        import ctypes
+
+        if self._lane2 is None:
+            self._lane2 = (self._internals.LlamaContext(model=self.llama._model, params=self._params, verbose=False),
+                           self._internals.LlamaBatch(n_tokens=self._params.n_batch, embd=0,
+                                                      n_seq_max=MAX_SEQUENCES, verbose=False))
+        other = self._lane2[0]
+        other.set_n_threads(1, 1)
+        other.kv_cache_clear()
+        renumbered = []
+        for j, (sid, i, tok) in enumerate(moving):
+            size = self._api.llama_state_seq_get_size(ctx.ctx, sid)
+            buf = (ctypes.c_uint8 * size)()
+            got = self._api.llama_state_seq_get_data(ctx.ctx, buf, size, sid)
+            if not got or self._api.llama_state_seq_set_data(other.ctx, buf, got, j) == 0:
+                raise LLMError("llama.cpp could not copy a sequence's cache to the second decoding lane")
+            ctx.kv_cache_seq_rm(sid, 0, -1)
+            renumbered.append((j, i, tok))
+        return renumbered
