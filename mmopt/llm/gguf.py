@@ -71,8 +71,8 @@ class LlamaCppBackend:
     metadata. ``reuse_prefix=False`` evaluates every prompt from scratch (same
     results, slower; for measuring what the reuse saves). ``lanes``: the ``n``
     replies of a small model decode as two batches on two cores at once on a
-    machine with two or more (None, the default; ``1`` never; not beside a
-    lookahead render): llama.cpp's decode of a small model does not split over
+    machine with two or more (None, the default; ``1`` never; beside a lookahead
+    render, with three or more): llama.cpp's decode of a small model does not split over
     cores, but two contexts over the same weights run side by side at full speed.
     """
 
@@ -122,10 +122,10 @@ class LlamaCppBackend:
                 threads, decode_threads = usable_cores(), max(1, usable_cores() - 1)
             else:
                 threads, decode_threads = self.n_threads or free_cpu_cores(), None
-            # n replies of a small model decode as two batches on two cores, unless a render runs
-            # beside them (lent). Chosen from the machine, not its load: the split could change a
-            # reply in its last bits, and a run must give the same result twice
-            lanes = self.lanes or (2 if usable_cores() >= 2 and decode_threads is None else 1)
+            # n replies of a small model decode as two batches on two cores when the request may
+            # use two (a lent one: all but the render's). Chosen from the machine, not its load:
+            # the split could change a reply in its last bits, and a run must give the same result twice
+            lanes = self.lanes or (2 if (decode_threads or usable_cores()) >= 2 else 1)
             try:
                 texts, usage = self.engine.generate(messages, n=n, temperature=temperature, max_tokens=max_tokens,
                                                     seed=seed, stop=stop, threads=threads,
