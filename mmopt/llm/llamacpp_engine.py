@@ -183,7 +183,9 @@ class LlamaCppEngine:
         reuse = (common // CHUNK) * CHUNK
         if reuse >= len(tokens):  # the whole prompt is cached: evaluate its last chunk again for the logits
             reuse = ((len(tokens) - 1) // CHUNK) * CHUNK
-        self.ctx.kv_cache_seq_rm(-1, reuse, -1)  # every sequence, from the first position not reused
+        # sequence 0 from the first position not reused, the others whole (one by one:
+        # llama-cpp-python's wrapper turns the "every sequence" id -1 into sequence 0)
+        self.ctx.kv_cache_seq_rm(0, reuse, -1)
         for s in range(1, MAX_SEQUENCES):
             self.ctx.kv_cache_seq_rm(s, 0, -1)
         self._cached = list(tokens[:reuse])
