@@ -192,7 +192,7 @@ def summarise(rows: list[dict]) -> str:
                 same = sum(a["prompts"] == b["prompts"] for a, b in pairs)
                 out.append(f"\n{c.replace(suffix, '')} vs {c}: the same trials (prompts, in order) on {same} of "
                            f"{len(pairs)} prompts")
-    lent = [r for r in by.get("opt2i/list+append+lookahead", [])]
+    lent = by.get("opt2i/list+append+lookahead")
     if lent:
         out.append(f"\nopt2i/list+append+lookahead: the render waited {statistics.fmean(r['render_waited'] for r in lent):.1f} s "
                    f"per prompt while llama.cpp read its prompts on every core")

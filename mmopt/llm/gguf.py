@@ -90,7 +90,7 @@ class LlamaCppBackend:
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be an int >= 1 or None (the free cores), got {n_threads!r}")
         if lanes not in (None, 1, 2):
-            raise ValueError(f"lanes must be 1, 2 or None (two when two cores are free), got {lanes!r}")
+            raise ValueError(f"lanes must be 1, 2 or None (two on a machine with two cores or more), got {lanes!r}")
         self.lanes = lanes
         self.path = str(path)
         # The request-cache identity: the file's content and how it is decoded.
@@ -118,14 +118,15 @@ class LlamaCppBackend:
             # waits, then decodes on the cores the render does not use (mmopt.device.CoreHandoff)
             handoff = thread_handoff() if self.n_threads is None else None
             lent = handoff is not None and handoff.claim()
+            cores = usable_cores()
             if lent:
-                threads, decode_threads = usable_cores(), max(1, usable_cores() - 1)
+                threads, decode_threads = cores, max(1, cores - 1)
             else:
                 threads, decode_threads = self.n_threads or free_cpu_cores(), None
             # n replies of a small model decode as two batches on two cores when the request may
             # use two (a lent one: all but the render's). Chosen from the machine, not its load:
             # the split could change a reply in its last bits, and a run must give the same result twice
-            lanes = self.lanes or (2 if (decode_threads or usable_cores()) >= 2 else 1)
+            lanes = self.lanes or (2 if (decode_threads or cores) >= 2 else 1)
             try:
                 texts, usage = self.engine.generate(messages, n=n, temperature=temperature, max_tokens=max_tokens,
                                                     seed=seed, stop=stop, threads=threads,

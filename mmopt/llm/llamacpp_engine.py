@@ -21,7 +21,7 @@ iteration to the next) and token-by-token decoding. This engine cuts both:
    The result is reproducible for the same request; completion i can differ
    in the last bits from a request with another n, since the batch it was
    decoded in differs. A small model's decode does not split over cores, so
-   with two cores free the sequences go in two **lanes**: the second half
+   on a machine with two cores the sequences go in two **lanes**: the second half
    decodes in a second context over the same weights (holding a copy of the
    prompt's cells) on a thread of its own, at full speed beside the first
    (the replies read the same as from one batch in the project's tests and
