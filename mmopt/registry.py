@@ -85,6 +85,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "raw": "mmopt.proposers.negative:raw_from_name",
         "mix": "mmopt.proposers.negative:mix_from_name",
         "seeded": "mmopt.proposers.seeded:from_name",
+        "slots": "mmopt.proposers.slots:from_name",
         "onepass": "mmopt.distill:onepass_from_name",
     },
     "strategy": {

@@ -235,7 +235,7 @@ def test_pez_inverts_an_image_into_allowed_tokens_better_than_random(sw):
 def test_pez_templates_write_a_sentence_with_the_rendered_objects(sw, tmp_path):
     import re
 
-    from mmopt.prompt_learning.pez import PEZ, load_templates
+    from mmopt.prompt_learning.pez import PEZ, load_templates, reverse_relations
     from mmopt.shapesworld.render import render_caption
 
     shipped = load_templates("shapesworld")
@@ -261,6 +261,18 @@ def test_pez_templates_write_a_sentence_with_the_rendered_objects(sw, tmp_path):
     bad.write_text('{"slots": {"colour": ["red"]}, "templates": ["a {colour} {shape}"]}')
     with pytest.raises(ValueError, match="shape"):
         load_templates(bad)
+    bad.write_text('{"slots": {"c": ["red"]}, "templates": ["a {c} cube"], "opposites": ["above", "below"]}')
+    with pytest.raises(ValueError, match="opposites"):
+        load_templates(bad)
+    # with the set's opposites, each tried sentence that has a relation is tried reversed too, scored as text
+    rev = pez.invert_templates([image], ["a {colour} {shape} {rel} a {colour} {shape}", "{count} {colour} {shapes}"],
+                               shipped["slots"], steps=150, opposites=shipped["opposites"])
+    own = [t for t in rev["tried"] if not t.get("reversed")]
+    assert [t["prompt"] for t in own] == [t["prompt"] for t in r["tried"]]  # the same search as without
+    flipped = [t for t in rev["tried"] if t.get("reversed")]
+    assert flipped and all((" above " in t["prompt"]) != (" below " in t["prompt"]) for t in flipped)
+    assert {reverse_relations(t["prompt"], shipped["opposites"]) for t in flipped} <= {t["prompt"] for t in own}
+    assert flipped[0]["similarity"] == pez.similarity_of_text(flipped[0]["prompt"], sw.image_features([image]))
 
 
 # --------------------------------------------------------------------------- CoOp family
@@ -559,3 +571,50 @@ def test_pez_tried_sentences_are_chosen_by_how_the_generator_renders_them(sw, tm
     assert main(["invert", str(path), "--steps", "20", "--templates", "shapesworld", "--optimize", "--proposer",
                  "tried", "--seeds", "2", "--out", out]) == 0  # with its progress bar
     assert "optimized:" in capsys.readouterr().out
+    assert main(["invert", str(path), "--steps", "20", "--templates", "shapesworld", "--optimize", "--proposer",
+                 "slots", "--iterations", "1", "--seeds", "1", "--out", out]) == 0  # and the one-word edits after
+    assert "optimized:" in capsys.readouterr().out
+
+
+def test_slot_edits_propose_one_word_neighbours_within_the_template():
+    from mmopt.proposers.slots import SlotEdits
+
+    edits = SlotEdits("shapesworld")
+    near = edits.neighbours("a red circle above a  blue square")  # spacing does not matter
+    # 5 other colours + 3 other shapes, twice, and the reversed relation ('below'; the rel slot's other word)
+    assert len(near) == 17 and len(set(near)) == 17
+    assert "a green circle above a blue square" in near and "a red circle below a blue square" in near
+    assert "a red circle above a blue square" not in near
+    assert edits.neighbours("a photo of a cat") == []  # fits no template: nothing to propose
+    with pytest.raises(ValueError, match="slots"):
+        SlotEdits({"templates": ["a {c} cube"]})
+
+
+def test_pez_slot_edits_climb_to_a_better_sentence_that_wins_on_unseen_seeds(sw):
+    """From an inverted sentence with a wrong colour, one round of one-word edits judged by the
+    generator's renders (search seeds 100-101) finds a sentence that renders closer to the target
+    on seeds the search never saw."""
+    from mmopt import registry
+    from mmopt.prompt_learning.pez import invert_and_optimize
+    from mmopt.shapesworld.render import render_caption
+
+    truth = "a red circle to the left of a blue square"
+    image = render_caption(truth, 0, 64)
+    wrong = "a red circle to the left of a green square"
+    inverted = {"prompt": wrong, "similarity": 0.9, "tried": [{"prompt": "two green triangles", "similarity": 0.2}]}
+    _, result = invert_and_optimize([image], inverted=inverted, proposer="slots", seeds=[100, 101],
+                                    iterations=1, candidates=32)
+    prompts = [t.prompt for t in result.trials]
+    assert prompts[:2] == [wrong, "two green triangles"]  # the inverted sentence, then the tried ones,
+    assert truth in prompts[2:19] and len(set(prompts)) == len(prompts)  # filled with its 17 neighbours
+    assert {t.iteration for t in result.trials} == {0, 1, 2}  # then one round from the best of those
+    gen = registry.create("generator", "offline:t2i")
+    target = sw.image_features([image])[0]
+
+    def regenerated(prompt):  # seeds the search never saw
+        images = [g.media for g in gen.generate([prompt] * 4, [0, 1, 2, 3])]
+        return float((sw.image_features(images) @ target).mean())
+
+    best = result.best_prompt
+    assert regenerated(best) > regenerated(wrong) + 0.05
+    assert regenerated(best) > regenerated(truth) - 0.03

@@ -37,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--proposer", default="opt2i", help="--optimize proposer: 'opt2i' (default, the LLM rewrites) "
                                                         "or 'tried' (with --templates: the other templates' "
                                                         "sentences, chosen by how the generator renders them; "
-                                                        "no LLM)")
+                                                        "no LLM) or 'slots' (the same, then --iterations rounds "
+                                                        "of one-word edits of the best sentence; no LLM)")
     p.add_argument("--iterations", type=positive_int, default=3, help="--optimize iterations (3)")
     p.add_argument("--candidates", type=positive_int, default=3, help="--optimize prompts per iteration (3)")
     p.add_argument("--seeds", type=positive_int, default=2, help="--optimize images per prompt (2)")
@@ -93,8 +94,8 @@ def run(args) -> int:
     templates = load_templates(args.templates) if args.templates else None
     if templates and vocabulary:
         raise ValueError("--templates and --vocabulary do not combine: the templates' slots name their words")
-    if args.proposer == "tried" and not templates:
-        raise ValueError("--proposer tried chooses among the templates' sentences: it needs --templates")
+    if args.proposer in ("tried", "slots") and not templates:
+        raise ValueError(f"--proposer {args.proposer} chooses among the templates' sentences: it needs --templates")
     if args.run_id:
         check_run_id(args.run_id)
     set_threads(args)
@@ -129,7 +130,7 @@ def run(args) -> int:
 
                 if templates:
                     r = pez.invert_templates([image], templates["templates"], templates["slots"], steps=each,
-                                             progress=progress)
+                                             progress=progress, opposites=templates.get("opposites"))
                 else:
                     r = pez.invert([image], progress=progress)
                 bar.close()
@@ -147,11 +148,12 @@ def run(args) -> int:
 
     # 3. image -> prompt -> refine: the first image's prompt is the loop's intent
     if args.optimize:
-        callbacks = [] if args.no_progress else [_iteration_bar(2 if args.proposer == "tried" else args.iterations)]
+        callbacks = [] if args.no_progress else [_iteration_bar({"tried": 2, "slots": 2 + args.iterations}.get(args.proposer, args.iterations))]
         _, result = invert_and_optimize(images[:1], pez=pez, generator=args.generator, llm=args.llm,
                                         proposer=args.proposer,
                                         iterations=args.iterations, candidates=args.candidates, seeds=args.seeds,
-                                        store=store, callbacks=callbacks, inverted=results[0])
+                                        store=store, callbacks=callbacks, inverted=results[0],
+                                        **({"templates": args.templates} if templates else {}))
         name = next(iter(result.best.scores))
         print(f"optimized:  {result.best_prompt}  (image similarity {result.best.scores[name]:.3f}; the "
               f"inverted prompt's {result.original.scores[name]:.3f}; run {result.run_id})")

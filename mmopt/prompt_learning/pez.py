@@ -59,10 +59,18 @@ def _template_pieces(template: str) -> list[tuple[str, str]]:
     return pieces
 
 
+def reverse_relations(sentence: str, opposites: dict[str, str]) -> str:
+    """Every word of ``sentence`` found in ``opposites`` replaced by its reverse, at once:
+    ``reverse_relations("a red circle above a blue square", {"above": "below"})`` ->
+    ``"a red circle below a blue square"``."""
+    return " ".join(opposites.get(w, w) for w in sentence.split())
+
+
 def load_templates(name_or_path: str | os.PathLike = "shapesworld") -> dict:
     """Sentence templates and slot words for :meth:`PEZ.invert_templates`: a shipped set by name
     (``assets/pez/<name>.json``: ``"shapesworld"``) or a JSON file ``{"slots": {name: [words]},
-    "templates": ["a {colour} {shape}", ...]}``."""
+    "templates": ["a {colour} {shape}", ...], "opposites": {"above": "below", ...}}``
+    (``opposites`` optional: relation words and their reverses)."""
     import json
     from importlib import resources
     from pathlib import Path
@@ -85,6 +93,10 @@ def load_templates(name_or_path: str | os.PathLike = "shapesworld") -> dict:
         for kind, name in _template_pieces(t):
             if kind == "slot" and not data["slots"].get(name):
                 raise ValueError(f"PEZ templates {what!r}: the template {t!r} names {{{name}}}, which 'slots' lacks")
+    opposites = data.get("opposites", {})
+    if not isinstance(opposites, dict) or not all(isinstance(v, str) for v in opposites.values()):
+        raise ValueError(f"PEZ templates {what!r}: 'opposites' must map words to their reverses, "
+                         f"e.g. {{\"above\": \"below\"}}; got {opposites!r}")
     return data
 
 
@@ -284,14 +296,23 @@ class PEZ(Configurable):
 
     def invert_templates(self, images: Sequence[Any], templates: Sequence[str], slots: dict[str, Sequence[str]],
                          steps: int | None = None,
-                         progress: Callable[[int, int, float], None] | None = None, keep: int = 2) -> dict:
+                         progress: Callable[[int, int, float], None] | None = None, keep: int = 2,
+                         opposites: dict[str, str] | None = None) -> dict:
         """:meth:`invert_template` for each of ``templates`` (``steps`` each); the one whose sentence
         matches the images best (CLIP cosine of the written text) wins. Adds ``"tried"``: every
         template's sentence, then each template's ``keep`` runners-up, with their text similarity
         (what ``invert_and_optimize(proposer="tried")`` chooses among by rendering them).
+        ``opposites`` (word -> reverse, e.g. ``{"above": "below"}``, a template set's
+        ``"opposites"``): each tried sentence with its relation words reversed is tried too,
+        because CLIP's text encoder reads a sentence nearly as a bag of words and barely
+        tells "a above b" from "a below b"; the generator, which draws the relation, can.
         ``progress(step, total, best)`` counts steps over all templates."""
         if isinstance(templates, str) or not templates:
             raise ValueError(f"templates must be a non-empty list of template strings, got {templates!r}")
+        if opposites is not None and (not isinstance(opposites, dict)
+                                      or not all(isinstance(v, str) for v in opposites.values())):
+            raise ValueError(f"opposites must map words to their reverse words, e.g. {{'above': 'below'}}; "
+                             f"got {opposites!r}")
         each = self.steps if steps is None else steps
         total, tried, best_so_far = each * len(templates), [], -2.0
         for k, t in enumerate(templates):
@@ -305,8 +326,15 @@ class PEZ(Configurable):
         runners = [{"template": r["template"], "prompt": u["prompt"],
                     "similarity": self.similarity_of_text(u["prompt"], target)}
                    for r in tried for u in r["runners_up"]]
-        return {**best, "tried": [{k: r[k] for k in ("template", "prompt", "similarity")} for r in tried] + runners,
-                "seconds": sum(r["seconds"] for r in tried)}
+        written = [{k: r[k] for k in ("template", "prompt", "similarity")} for r in tried] + runners
+        seen = {r["prompt"] for r in written}
+        for r in list(written):
+            flipped = reverse_relations(r["prompt"], opposites or {})
+            if flipped not in seen:
+                seen.add(flipped)
+                written.append({"template": r["template"], "prompt": flipped,
+                                "similarity": self.similarity_of_text(flipped, target), "reversed": True})
+        return {**best, "tried": written, "seconds": sum(r["seconds"] for r in tried)}
 
     def random_prompt(self, seed: int) -> str:
         """A prompt of ``length`` random allowed tokens (the baseline PEZ must beat)."""
@@ -369,7 +397,7 @@ def image_similarity_from_name(rest: str = "", *, targets: Sequence[Any] = (), *
 def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, generator: Any = "offline:t2i",
                         llm: Any = "smollm2", proposer: Any = "opt2i", iterations: int = 3, candidates: int = 3,
                         seeds: int = 2, store: Any = None, callbacks: Sequence = (),
-                        inverted: dict | None = None) -> tuple[dict, Any]:
+                        inverted: dict | None = None, templates: Any = "shapesworld") -> tuple[dict, Any]:
     """Image -> prompt -> refine: invert ``images`` with PEZ, then optimise the prompt in the one loop.
 
     The inverted prompt is the intent (trial 0); every candidate's images are scored
@@ -377,11 +405,16 @@ def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, genera
     (or ``pez.invert_templates``) already computed. Returns ``(pez_result, optimizer_result)``.
 
     ``proposer="tried"`` needs no LLM: the candidates are the other sentences that
-    ``invert_templates`` wrote (one per template), all in one iteration, so the generator
-    decides which of them it renders closest to the targets. CLIP's text-image match
-    picks PEZ's own answer, and a sentence CLIP reads well is not always one the
-    generator draws well. ``seeds`` may be a list (keep them apart from the seeds you
-    judge the result on).
+    ``invert_templates`` wrote (each template's, their runners-up and reversals), all in
+    one iteration, so the generator decides which of them it renders closest to the
+    targets. CLIP's text-image match picks PEZ's own answer, and a sentence CLIP reads
+    well is not always one the generator draws well. ``proposer="slots"`` (no LLM either)
+    starts the same way (the first iteration filled up to ``candidates`` with the inverted
+    sentence's neighbours), then for ``iterations`` more iterations proposes the best
+    sentence's one-word neighbours in its template
+    (:class:`~mmopt.proposers.slots.SlotEdits` over ``templates``, default the ShapesWorld
+    set), up to ``candidates`` per iteration. ``seeds`` may be a list (keep them apart from
+    the seeds you judge the result on).
     """
     from mmopt.optimizer import Budget, Optimizer
 
@@ -389,21 +422,30 @@ def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, genera
     inverted = inverted or pez.invert(images)
     if not inverted["prompt"].strip():
         raise ValueError("the inverted prompt is empty (every token decoded to nothing); try another seed")
-    if proposer == "tried":
+    if proposer in ("tried", "slots"):
         if not inverted.get("tried"):
-            raise ValueError("proposer='tried' needs the result of PEZ.invert_templates (its 'tried' sentences); "
-                             "got a result without them")
+            raise ValueError(f"proposer={proposer!r} needs the result of PEZ.invert_templates (its 'tried' "
+                             "sentences); got a result without them")
         from mmopt.proposers.fixed import FixedProposer
+        from mmopt.proposers.queue import QueueProposer
 
         ranked = sorted(inverted["tried"], key=lambda r: -r["similarity"])
         others = list(dict.fromkeys(r["prompt"] for r in ranked if r["prompt"] != inverted["prompt"]))
         if not others:
             raise ValueError("every template wrote the same sentence: nothing to choose from")
-        proposer, llm, iterations, candidates = FixedProposer([others]), None, 2, len(others)
+        if proposer == "tried":
+            proposer, llm, iterations, candidates = FixedProposer([others]), None, 2, len(others)
+        else:
+            # iteration 1: every tried sentence at once (queued); after it, the best one's neighbours
+            from mmopt.proposers.slots import SlotEdits
+
+            first = len(others)
+            proposer, llm = QueueProposer(SlotEdits(templates), queued=others), None
+            candidates, iterations = max(candidates, first), 2 + iterations
     scorer = ImageSimilarityScorer(pez.adapter, images)
     opt = Optimizer(generator, [scorer], proposer, llm=llm, budget=Budget(iterations=iterations),
                     candidates=candidates, seeds=seeds, store=store, callbacks=callbacks)
     return inverted, opt.run(inverted["prompt"])
 
 
-__all__ = ["PEZ", "project", "load_templates", "ImageSimilarityScorer", "image_similarity_from_name", "invert_and_optimize"]
+__all__ = ["PEZ", "project", "load_templates", "reverse_relations", "ImageSimilarityScorer", "image_similarity_from_name", "invert_and_optimize"]
