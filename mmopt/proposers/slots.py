@@ -36,7 +36,7 @@ class SlotEdits(Configurable):
     name = "slots"
 
     def __init__(self, templates: Any = "shapesworld"):
-        from mmopt.prompt_learning.pez import _template_pieces, load_templates
+        from mmopt.prompt_learning.templates import _template_pieces, load_templates
 
         data = templates if isinstance(templates, dict) else load_templates(templates)
         if not isinstance(data.get("slots"), dict) or not data.get("templates"):
@@ -58,7 +58,7 @@ class SlotEdits(Configurable):
     def neighbours(self, prompt: str) -> list[str]:
         """Every sentence one slot word (or one reversal of the relations) away from ``prompt``,
         from the first template that ``prompt`` fits; ``[]`` if it fits none."""
-        from mmopt.prompt_learning.pez import reverse_relations
+        from mmopt.prompt_learning.templates import reverse_relations
 
         text = " ".join(prompt.split())
         for pieces, pattern in self._compiled:
