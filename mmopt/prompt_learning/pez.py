@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mmopt.component import Configurable, describe
-from mmopt.prompt_learning.templates import _template_pieces, load_templates, reverse_relations
+from mmopt.prompt_learning.templates import _template_pieces, check_opposites, load_templates, reverse_relations
 from mmopt.types import Generation, Score
 
 
@@ -252,10 +252,8 @@ class PEZ(Configurable):
         ``progress(step, total, best)`` counts steps over all templates."""
         if isinstance(templates, str) or not templates:
             raise ValueError(f"templates must be a non-empty list of template strings, got {templates!r}")
-        if opposites is not None and (not isinstance(opposites, dict)
-                                      or not all(isinstance(v, str) for v in opposites.values())):
-            raise ValueError(f"opposites must map words to their reverse words, e.g. {{'above': 'below'}}; "
-                             f"got {opposites!r}")
+        if opposites is not None:
+            check_opposites(opposites)
         each = self.steps if steps is None else steps
         total, tried, best_so_far = each * len(templates), [], -2.0
         for k, t in enumerate(templates):
@@ -382,9 +380,8 @@ def invert_and_optimize(images: Sequence[Any], *, pez: PEZ | None = None, genera
             # iteration 1: every tried sentence at once (queued); after it, the best one's neighbours
             from mmopt.proposers.slots import SlotEdits
 
-            first = len(others)
             proposer, llm = QueueProposer(SlotEdits(templates), queued=others), None
-            candidates, iterations = max(candidates, first), 2 + iterations
+            candidates, iterations = max(candidates, len(others)), 2 + iterations
     scorer = ImageSimilarityScorer(pez.adapter, images)
     opt = Optimizer(generator, [scorer], proposer, llm=llm, budget=Budget(iterations=iterations),
                     candidates=candidates, seeds=seeds, store=store, callbacks=callbacks)

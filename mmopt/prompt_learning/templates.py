@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["load_templates", "reverse_relations"]
+__all__ = ["load_templates", "check_templates", "check_opposites", "reverse_relations"]
 
 
 def _template_pieces(template: str) -> list[tuple[str, str]]:
@@ -57,14 +57,24 @@ def load_templates(name_or_path: str | os.PathLike = "shapesworld") -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"PEZ templates {what!r} are not valid JSON: {e}") from None
+    return check_templates(data, what)
+
+
+def check_templates(data: object, what: str = "given") -> dict:
+    """``data`` if it is a template set (slots, templates naming only those slots, optional
+    opposites); a one-line ValueError naming ``what`` otherwise."""
     if not isinstance(data, dict) or not isinstance(data.get("slots"), dict) or not data.get("templates"):
         raise ValueError(f"PEZ templates {what!r} must be an object with 'slots' (name -> words) and 'templates'")
     for t in data["templates"]:
         for kind, name in _template_pieces(t):
             if kind == "slot" and not data["slots"].get(name):
                 raise ValueError(f"PEZ templates {what!r}: the template {t!r} names {{{name}}}, which 'slots' lacks")
-    opposites = data.get("opposites", {})
-    if not isinstance(opposites, dict) or not all(isinstance(v, str) for v in opposites.values()):
-        raise ValueError(f"PEZ templates {what!r}: 'opposites' must map words to their reverses, "
-                         f"e.g. {{\"above\": \"below\"}}; got {opposites!r}")
+    check_opposites(data.get("opposites", {}), f"PEZ templates {what!r}: 'opposites'")
     return data
+
+
+def check_opposites(opposites: object, what: str = "opposites") -> None:
+    """A one-line ValueError unless ``opposites`` maps words to their reverse words."""
+    if not isinstance(opposites, dict) or not all(isinstance(v, str) for v in opposites.values()):
+        raise ValueError(f"{what} must map words to their reverses, e.g. {{\"above\": \"below\"}}; "
+                         f"got {opposites!r}")

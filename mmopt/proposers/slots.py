@@ -36,12 +36,10 @@ class SlotEdits(Configurable):
     name = "slots"
 
     def __init__(self, templates: Any = "shapesworld"):
-        from mmopt.prompt_learning.templates import _template_pieces, load_templates
+        from mmopt.prompt_learning.templates import _template_pieces, check_templates, load_templates
 
-        data = templates if isinstance(templates, dict) else load_templates(templates)
-        if not isinstance(data.get("slots"), dict) or not data.get("templates"):
-            raise ValueError("templates must have 'slots' (name -> words) and 'templates'; "
-                             f"got keys {sorted(data)}")
+        # the same checks for a loaded dict as for a file: slots, templates that name only those, opposites
+        data = check_templates(templates) if isinstance(templates, dict) else load_templates(templates)
         self.slots = {k: list(dict.fromkeys(v)) for k, v in data["slots"].items()}
         self.opposites = dict(data.get("opposites", {}))
         # each template as (pieces, a regex whose groups are its slots' words, longest words first)
