@@ -59,12 +59,15 @@ def test_stop_strings_end_a_reply_and_usage_adds_up(smol):
 
 
 def test_two_lanes_decode_the_same_replies_on_two_cores(smol):
-    """n replies split over two contexts (one core each) read the same as one batch on one core."""
+    """n replies split over two contexts (one core each) read the same as one batch on one core
+    where the attention kernel does not depend on the batch (flash attention). Plain attention
+    (the CPU default) sums over the cells of the context it runs in, so a reply decoded in the
+    second lane can differ in its last bits: the same replies every time for a given ``lanes``."""
     from mmopt.llm.gguf import LlamaCppBackend
 
     msgs = ask('Write 1 new prompt for the image "a red circle to the left of a blue square".')
-    one = LlamaCppBackend(smol.backend.path, lanes=1)
-    two = LlamaCppBackend(smol.backend.path, lanes=2)
+    one = LlamaCppBackend(smol.backend.path, lanes=1, flash_attn=True)
+    two = LlamaCppBackend(smol.backend.path, lanes=2, flash_attn=True)
     for seed, n in ((0, 2), (1, 5)):
         a = one.forward(msgs, n=n, temperature=0.8, max_tokens=24, seed=seed)
         b = two.forward(msgs, n=n, temperature=0.8, max_tokens=24, seed=seed)
@@ -72,8 +75,35 @@ def test_two_lanes_decode_the_same_replies_on_two_cores(smol):
         assert two.last_usage["lanes"] == 2 and one.last_usage["lanes"] == 1
         # the second lane's copy of the prompt is cleared after each request: nothing carries over
         assert two.last_usage["decode_steps"] <= one.last_usage["decode_steps"]
+    plain = LlamaCppBackend(smol.backend.path, lanes=2)
+    first = plain.forward(msgs, n=5, temperature=0.8, max_tokens=24, seed=1)
+    assert plain.forward(msgs, n=5, temperature=0.8, max_tokens=24, seed=1) == first and len(set(first)) > 1
     with pytest.raises(ValueError, match="lanes must be 1, 2 or None"):
         LlamaCppBackend(smol.backend.path, lanes=3)
+
+
+def test_a_cpu_build_decodes_with_plain_attention_and_keeps_the_kernels_apart(smol):
+    """Flash attention is off on a CPU-only llama.cpp (its decode is the slow path there; see
+    benchmarks/llm_cost.py); either kernel gives the same text for the same seed every time,
+    and the request cache never answers one with the other's replies."""
+    import llama_cpp
+
+    from mmopt.llm.gguf import LlamaCppBackend
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama.cpp build can offload to a GPU: it keeps llama.cpp's own choice")
+    plain = smol.backend
+    assert plain.engine.flash_attn is False and plain.config()["flash_attn"] is False
+    assert plain.engine._params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    flash = LlamaCppBackend(plain.path, flash_attn=True)
+    assert flash.engine._params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    assert flash.model != plain.model and flash.config() != plain.config()
+    msgs = ask("Write one prompt for an image of a yellow star above a red square.")
+    for backend in (plain, flash):
+        a = backend.forward(msgs, n=2, temperature=0.8, max_tokens=16, seed=5)
+        assert backend.forward(msgs, n=2, temperature=0.8, max_tokens=16, seed=5) == a and all(a)
+    with pytest.raises(ValueError, match="flash_attn must be True, False or None"):
+        LlamaCppBackend(plain.path, flash_attn="yes")
 
 
 def test_transformers_prefix_reuse_gives_exactly_the_cold_text(tmp_path):

@@ -74,13 +74,15 @@ class LlamaCppBackend:
     machine with two or more (None, the default; ``1`` never; beside a lookahead
     render, with three or more): llama.cpp's decode of a small model does not split over
     cores, but two contexts over the same weights run side by side at full speed.
+    ``flash_attn``: None (off on a CPU-only build of llama.cpp, where it decodes slower;
+    llama.cpp's choice otherwise), True or False.
     """
 
     name = "llamacpp"
-    engine_version = 1  # bump when decoding changes what a seeded request returns
+    engine_version = 2  # bump when decoding changes what a seeded request returns (2: flash attention off on a CPU)
 
     def __init__(self, path: str, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = True,
-                 lanes: int | None = None):
+                 lanes: int | None = None, flash_attn: bool | None = None):
         try:
             import llama_cpp  # noqa: F401
         except ImportError as e:
@@ -91,23 +93,28 @@ class LlamaCppBackend:
             raise ValueError(f"n_threads must be an int >= 1 or None (the free cores), got {n_threads!r}")
         if lanes not in (None, 1, 2):
             raise ValueError(f"lanes must be 1, 2 or None (two on a machine with two cores or more), got {lanes!r}")
+        if flash_attn not in (None, True, False):
+            raise ValueError(f"flash_attn must be True, False or None (off on a CPU-only build), got {flash_attn!r}")
         self.lanes = lanes
         self.path = str(path)
-        # The request-cache identity: the file's content and how it is decoded.
-        self.model = f"{self.path}@{file_fingerprint(self.path)}#engine{self.engine_version}"
         self._lock = threading.Lock()
         self.n_threads = n_threads
         try:
             # this context only carries the weights, tokenizer and template; the engine decodes in its own
             self._llm = load_llama(self.path, n_threads=n_threads or 1)
-            self.engine = LlamaCppEngine(self._llm, n_ctx, reuse_prefix=reuse_prefix)
+            self.engine = LlamaCppEngine(self._llm, n_ctx, reuse_prefix=reuse_prefix, flash_attn=flash_attn)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load the GGUF file {self.path!r}: {e}") from e
+        # The request-cache identity: the file's content and how it is decoded (the two attention
+        # kernels round differently, so they may sample different text)
+        attention = {None: "auto", True: "flash", False: "plain"}[self.engine.flash_attn]
+        self.model = f"{self.path}@{file_fingerprint(self.path)}#engine{self.engine_version}-{attention}"
         self.n_ctx = n_ctx
         self.last_usage: dict = {}
 
     def config(self) -> dict:
-        return {"weights": file_fingerprint(self.path), "n_ctx": self.n_ctx, "engine": self.engine_version}
+        return {"weights": file_fingerprint(self.path), "n_ctx": self.n_ctx, "engine": self.engine_version,
+                "flash_attn": self.engine.flash_attn}
 
     def forward(self, messages: list[dict], *, n: int, temperature: float, max_tokens: int,
                 seed: int | None, stop: list[str] | None = None, stop_rule=None) -> list[str]:

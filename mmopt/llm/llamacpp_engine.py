@@ -24,13 +24,27 @@ iteration to the next) and token-by-token decoding. This engine cuts both:
    on a machine with two cores the sequences go in two **lanes**: the second half
    decodes in a second context over the same weights (holding a copy of the
    prompt's cells) on a thread of its own, at full speed beside the first
-   (the replies read the same as from one batch in the project's tests and
-   benchmarks).
+   (with flash attention the replies read the same as from one batch; plain
+   attention, point 4, sums over the cells of the context it runs in, so a reply
+   of the second lane can differ in its last bits: the same on every run with the
+   same lanes, which are chosen from the machine's cores, never from their load).
 3. **Stop strings** end a sequence as soon as they appear (the text is cut
    before them); the end-of-generation tokens of the vocabulary end it too.
    A **stop rule** (``stop_rule(text) -> length to keep or None``, e.g.
    :class:`mmopt.llm.parsing.ListStop`) ends it once the reply holds what the
    caller will read from it.
+
+4. **Plain attention on a CPU.** llama.cpp turns flash attention on by default
+   ("auto"); on a CPU its kernel is the slow path for decoding over a long prompt.
+   ``benchmarks/llm_attention.py`` (SmolLM2-135M, one thread, the project's 2-core
+   machine): after a 786-token prompt, the size of an OPT2I request, plain attention
+   decodes 1.55x / 2.08x / 2.42x as many steps per second for 1 / 2 / 4 sequences and
+   reads the prompt 1.05x as fast; after a 57-token prompt it is 0.85-0.98x. A
+   rewrite request carries its history, so a CPU-only build decodes with flash
+   attention off (``flash_attn=None``); a build that can offload to a GPU keeps
+   llama.cpp's choice. The two round differently, so a seeded request
+   may sample other text with one than with the other (the same text every time
+   with either).
 
 It runs on llama-cpp-python's context/batch/sampler wrappers (``_internals``,
 the thin layer over llama.cpp's C API that ``Llama`` itself uses), on a
@@ -124,12 +138,16 @@ class LlamaCppEngine:
 
     ``llama`` supplies the model weights, tokenizer and chat template; the
     engine makes its own context of ``n_ctx`` cells shared by up to
-    ``MAX_SEQUENCES`` sequences.
+    ``MAX_SEQUENCES`` sequences. ``flash_attn``: True/False, or None for off on a
+    CPU-only llama.cpp build and llama.cpp's own choice otherwise (see point 4 above).
     """
 
-    def __init__(self, llama, n_ctx: int, *, reuse_prefix: bool = True):
+    def __init__(self, llama, n_ctx: int, *, reuse_prefix: bool = True, flash_attn: bool | None = None):
         import llama_cpp
         from llama_cpp import _internals, llama_chat_format
+
+        if flash_attn not in (None, True, False):
+            raise ValueError(f"flash_attn must be True, False or None (off on a CPU-only build), got {flash_attn!r}")
 
         self.llama = llama
         self._api = llama_cpp
@@ -141,6 +159,12 @@ class LlamaCppEngine:
         params.n_seq_max = MAX_SEQUENCES
         params.kv_unified = True  # the sequences share one cache: the prompt's cells are not copied
         params.n_threads = params.n_threads_batch = llama.context_params.n_threads
+        if flash_attn is None and not llama_cpp.llama_supports_gpu_offload():
+            flash_attn = False  # the CPU's flash-attention kernel decodes 1.6-2.2x slower here (point 4)
+        if flash_attn is not None:
+            params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self.flash_attn = flash_attn  # None: llama.cpp decides ("auto")
         self._params = params
         self.ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
