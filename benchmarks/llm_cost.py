@@ -28,12 +28,22 @@ by prompt so the machine's load hits all alike:
   one core the render leaves free (``lend_cores=False``): the same proposals either way;
 * ``opt2i/parallel+append``: the parallel replies of a request decode as two batches on
   two cores at once (``LlamaCppBackend(lanes=None)``, the default);
-  ``...+onelane`` as one batch on one core (``lanes=1``): the same proposals;
+  ``...+onelane`` as one batch on one core (``lanes=1``): the same proposals with flash
+  attention; with plain attention (llama.cpp on a CPU, see ``LlamaCppEngine``) a reply
+  decoded in the second lane can differ in its last bits, so the runs part ways;
 * ``opt2i/list+append``, ``opt2i/parallel+append``: the same two requests under the
   ``append`` strategy (OPT2I's top-10, frozen between compactions and shown in trial
   order, so each request's meta-prompt is the last one plus new lines at its end and
   llama.cpp re-reads only those): the history differs from top-10's, so the
   proposals do too;
+* ``opt2i/parallel+append+flash``: the same as ``opt2i/parallel+append`` with llama.cpp's
+  flash attention on (``LlamaCppBackend(flash_attn=True)``, as before the engine chose
+  plain attention on a CPU): the two kernels round differently, so the proposals differ;
+* ``...+fill``: OPT2I as the offline preset runs it (``--preset offline --proposer opt2i``):
+  the intent check and drift guard screen each rewrite before it renders (``prescreen``)
+  and the meaning-keeping rule edits fill what the LLM left short (``fallback="edits"``),
+  so every iteration renders its 4 candidates and 128 images take 8 requests, not the
+  12-14 that partly usable replies cost; the proposals differ (the edits are among them);
 * ``concepts``: concept-level refinement (one list request per proposal);
 * ``textgrad``: textual gradients (a critique, then an edit, then a paraphrase:
   three requests per proposal).
@@ -67,8 +77,11 @@ LEGACY_TEMPLATE = (
 )
 CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list+whole", "opt2i/list", "opt2i/parallel", "opt2i/parallel+lookahead",
            "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append+onelane", "opt2i/parallel+append",
-           "opt2i/list+append+lookahead+beside", "opt2i/list+append+lookahead", "concepts", "textgrad")
-TWINS = ("+whole", "+beside", "+onelane")  # configurations that must propose what their twin without the suffix does
+           "opt2i/list+append+lookahead+beside", "opt2i/list+append+lookahead", "opt2i/parallel+append+fill",
+           "opt2i/list+append+lookahead+fill", "opt2i/parallel+append+lookahead+fill",
+           "opt2i/parallel+append+lookahead+fill+beside", "opt2i/parallel+append+flash", "concepts", "textgrad")
+# configurations that propose what their twin without the suffix does (+onelane: with flash attention only)
+TWINS = ("+whole", "+beside", "+onelane")
 
 
 class _NoStop:
@@ -106,6 +119,7 @@ def _proposer(config: str, llm, legacy_llm, candidates: int):
 
 
 def run_one(prompt: str, config: str, args, parts: dict) -> dict:
+    from mmopt import registry
     from mmopt.cache import Cache
     from mmopt.optimizer import Budget, Optimizer
 
@@ -124,12 +138,21 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     from mmopt.llm.base import ChatLLM
 
     own = {k: ChatLLM(parts[k].backend, max_retries=parts[k].max_retries) for k in ("llm", "legacy_llm")}
+    if "+flash" in config:  # the same model with llama.cpp's flash attention on
+        if "flash_llm" not in parts:
+            from mmopt.llm.gguf import LlamaCppBackend
+
+            parts["flash_llm"] = LlamaCppBackend(parts["llm"].backend.path, flash_attn=True)
+        own["llm"] = ChatLLM(parts["flash_llm"], max_retries=parts["llm"].max_retries)
     proposer = _proposer(config, own["llm"], own["legacy_llm"], args.candidates)
     calls = []
-    opt = Optimizer(gen, scorers, proposer, objective=parts["objective"], cache=Cache(":memory:"),
-                    seeds=args.seeds, candidates=args.candidates, budget=Budget(iterations=1000, images=args.budget),
+    fill = "+fill" in config  # the offline preset's screen and rule-edit fallback
+    opt = Optimizer(gen, scorers, proposer, objective=parts["fill_objective" if fill else "objective"],
+                    cache=Cache(":memory:"), seeds=args.seeds, candidates=args.candidates,
+                    budget=Budget(iterations=1000, images=args.budget),
                     lookahead="+lookahead" in config, strategy="append" if "+append" in config else None,
-                    lend_cores=False if "+beside" in config else None)
+                    lend_cores=False if "+beside" in config else None, prescreen=fill,
+                    fallback=registry.create("proposer", "edits", reuse=False) if fill else None)
     inner = proposer.propose
     llm = own["legacy_llm"] if config == "opt2i/legacy" else own["llm"]
 
@@ -141,6 +164,15 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
         return out
 
     proposer.propose = recording
+    screened = [0]  # rewrites the prescreen set aside (+fill)
+    screen = opt._screened
+
+    def counting(run, admitted, fn, meta):
+        kept = screen(run, admitted, fn, meta)
+        screened[0] += len(admitted) - len(kept)
+        return kept
+
+    opt._screened = counting
     backend = llm.backend
     lanes = getattr(backend, "lanes", None)  # llama.cpp's: the +onelane twin decodes on one core
     if "+onelane" in config:
@@ -153,7 +185,9 @@ def run_one(prompt: str, config: str, args, parts: dict) -> dict:
     return {"config": config, "prompt": prompt, "seconds": time.perf_counter() - t0,
             "llm_wait": res.timings["propose"], "render_waited": res.timings.get("lent_cores", 0.0),
             "images": res.images, "calls": calls,
-            "trials": len(res.trials), "prompts": [t.prompt for t in res.trials]}
+            "trials": len(res.trials), "prompts": [t.prompt for t in res.trials],
+            "fallback_trials": sum(t.meta.get("origin") == "fallback" for t in res.trials),
+            "screened": screened[0]}
 
 
 def summarise(rows: list[dict]) -> str:
@@ -192,10 +226,15 @@ def summarise(rows: list[dict]) -> str:
                 same = sum(a["prompts"] == b["prompts"] for a, b in pairs)
                 out.append(f"\n{c.replace(suffix, '')} vs {c}: the same trials (prompts, in order) on {same} of "
                            f"{len(pairs)} prompts")
-    lent = by.get("opt2i/list+append+lookahead")
-    if lent:
-        out.append(f"\nopt2i/list+append+lookahead: the render waited {statistics.fmean(r['render_waited'] for r in lent):.1f} s "
-                   f"per prompt while llama.cpp read its prompts on every core")
+    for c, rs in by.items():
+        if "+fill" in c and rs:
+            new = sum(r["trials"] - 1 for r in rs)
+            out.append(f"\n{c}: {sum(r['fallback_trials'] for r in rs)} of {new} rendered candidates came from the "
+                       f"rule-edit fallback; {sum(r['screened'] for r in rs)} rewrites were screened out before rendering")
+    for c, rs in by.items():
+        if rs and "+lookahead" in c and "+beside" not in c:
+            out.append(f"\n{c}: the render waited {statistics.fmean(r['render_waited'] for r in rs):.1f} s "
+                       f"per prompt while llama.cpp read its prompts on every core")
     return "\n".join(out)
 
 
@@ -219,7 +258,7 @@ def main(argv=None) -> None:
 
     from mmopt import registry
     from mmopt.llm.gguf import embedded_smollm2_path, load_gguf
-    from mmopt.objective import Objective
+    from mmopt.objective import Constraint, Objective
     from mmopt.presets import load_preset
     from mmopt.shapesworld.grammar import benchmark_prompts
 
@@ -227,10 +266,13 @@ def main(argv=None) -> None:
     gen = registry.create("generator", preset["generator"])
     scorers = [registry.create("scorer", s) for s in preset["scorers"]]
     objective = Objective.for_scorers(scorers, preset.get("weights"))
+    fill_objective = Objective.for_scorers(scorers, preset.get("weights"),
+                                           [Constraint(**c) for c in preset["constraints"]])
     llm = registry.create("llm", args.llm)
     # the legacy request ran llama.cpp on half the cores
     legacy_llm = load_gguf(embedded_smollm2_path(), n_threads=max(1, (os.cpu_count() or 2) // 2), reuse_prefix=False)
-    parts = {"generator": gen, "scorers": scorers, "objective": objective, "llm": llm, "legacy_llm": legacy_llm}
+    parts = {"generator": gen, "scorers": scorers, "objective": objective, "fill_objective": fill_objective,
+             "llm": llm, "legacy_llm": legacy_llm}
     prompts = benchmark_prompts(args.prompts, seed=0)
     rows = []
     t_start = time.time()
