@@ -213,3 +213,25 @@ def test_off_topic_and_echoed_instructions_rejected():
     assert lenient.propose(make_state(), 3) == ["a dolphin named Emily in California",
                                                 "a ginger cats lounging on a navy chair"]
     assert lenient.last_stats["rejected_off_topic"] == 1
+
+
+def test_history_remarks_keep_failed_questions_and_drop_seeds_where_nothing_failed():
+    """The remarks on a history line come from the real DSG feedback as the objective
+    assembles it over seeds; a seed where every question passed and the count header
+    say nothing the LLM can act on, so they cost no prompt tokens."""
+    from mmopt.objective import Objective
+    from mmopt.scorers.dsg import _feedback
+    from mmopt.types import Score
+
+    def rows(failed):
+        return [{"question": q, "score": 0.0 if q in failed else 1.0, "answer": "no" if q in failed else "yes",
+                 "parent_failed": False} for q in ("Is there a circle?", "Is the circle red?", "Is it left?")]
+
+    per_seed = [rows({"Is the circle red?"}), rows({"Is the circle red?"}), rows(set()), rows(set())]
+    scores = {"dsg": [Score("dsg", 0.5, {"feedback": _feedback(r)}) for r in per_seed]}
+    feedback = Objective({"dsg": 1.0}).evaluate(scores).feedback
+    assert "All 3 DSG questions were answered yes. (2/4 seeds)" in feedback  # what the LLM used to read
+    trial = Trial(1, 1, "a red circle on the left", 0.5, {"dsg": 0.5}, feedback=feedback)
+    remarks = OPT2IProposer(ScriptedLLM([])).remarks(trial)
+    assert remarks == "- Is the circle red? (answered no) (2/4)"
+    assert "answered yes" not in remarks and "failed:" not in remarks

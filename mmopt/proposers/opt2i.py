@@ -61,8 +61,9 @@ _STOPWORDS = frozenset(
     "this that these those some very".split())
 
 
-# Feedback lines that say nothing is wrong, or only announce the list that follows
-_NOTHING_WRONG = re.compile(r"(all \d+ .*answered yes\.?|\d+ of \d+ .*failed:)(\s*\(\d+/\d+\))?$", re.I)
+# Feedback that says nothing is wrong, or only announces the list that follows (a DSG
+# count header), with or without the seed count assemble_feedback adds
+_NOTHING_WRONG = re.compile(r"(all \d+ .*answered yes\.?|\d+ of \d+ .*failed:)(\s*\(\d+/\d+( seeds)?\))?$", re.I)
 
 
 def _shorten_for_history(text: str, max_words: int) -> str:
@@ -242,10 +243,13 @@ class OPT2IProposer:
                 line = rest
             elif re.fullmatch(r"\s*\S+: -?\d+(\.\d+)?\s*", line):
                 continue  # a scorer's bare mean: the history line already shows the objective
-            if _NOTHING_WRONG.match(line.strip()):
-                continue  # a count header or a seed where nothing failed: no remark, only tokens
-            if line.strip():
-                parts.append(line.strip().replace(" seeds)", ")"))
+            # remarks of one scorer are joined by "; " (assemble_feedback), so a seed where
+            # nothing failed can follow another seed's last failed question on the same line
+            for part in line.split("; "):
+                if _NOTHING_WRONG.match(part.strip()):
+                    continue  # a count header or a seed where nothing failed: no remark, only tokens
+                if part.strip():
+                    parts.append(part.strip().replace(" seeds)", ")"))
         return "; ".join(parts)[: self.feedback_chars]
 
     def build_messages(self, state: SearchState, n: int, protected: list[str]) -> list[dict]:
