@@ -148,7 +148,6 @@ class LlamaCppEngine:
 
         if flash_attn not in (None, True, False):
             raise ValueError(f"flash_attn must be True, False or None (off on a CPU-only build), got {flash_attn!r}")
-
         self.llama = llama
         self._api = llama_cpp
         self._internals = _internals
@@ -160,7 +159,7 @@ class LlamaCppEngine:
         params.kv_unified = True  # the sequences share one cache: the prompt's cells are not copied
         params.n_threads = params.n_threads_batch = llama.context_params.n_threads
         if flash_attn is None and not llama_cpp.llama_supports_gpu_offload():
-            flash_attn = False  # the CPU's flash-attention kernel decodes 1.6-2.2x slower here (point 4)
+            flash_attn = False  # after a long prompt the CPU flash-attention kernel decodes 1.5-2.4x slower (point 4)
         if flash_attn is not None:
             params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                       else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
