@@ -43,7 +43,7 @@ by prompt so the machine's load hits all alike:
   the intent check and drift guard screen each rewrite before it renders (``prescreen``)
   and the meaning-keeping rule edits fill what the LLM left short (``fallback="edits"``),
   so every iteration renders its 4 candidates and 128 images take 8 requests, not the
-  12-14 that partly usable replies cost; the proposals differ (the edits are among them);
+  13-16 that partly usable replies cost; the proposals differ (the edits are among them);
 * ``concepts``: concept-level refinement (one list request per proposal);
 * ``textgrad``: textual gradients (a critique, then an edit, then a paraphrase:
   three requests per proposal).
