@@ -87,14 +87,13 @@ class LlamaCppBackend:
             import llama_cpp  # noqa: F401
         except ImportError as e:
             raise MissingExtraError("llama-cpp-python", "llamacpp", "fast GGUF inference") from e
-        from mmopt.llm.llamacpp_engine import LlamaCppEngine, load_llama
+        from mmopt.llm.llamacpp_engine import LlamaCppEngine, check_flash_attn, load_llama
 
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be an int >= 1 or None (the free cores), got {n_threads!r}")
         if lanes not in (None, 1, 2):
             raise ValueError(f"lanes must be 1, 2 or None (two on a machine with two cores or more), got {lanes!r}")
-        if flash_attn not in (None, True, False):
-            raise ValueError(f"flash_attn must be True, False or None (off on a CPU-only build), got {flash_attn!r}")
+        check_flash_attn(flash_attn)  # before the model loads (the load wraps a ValueError as a load error)
         self.lanes = lanes
         self.path = str(path)
         self._lock = threading.Lock()

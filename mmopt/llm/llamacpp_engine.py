@@ -113,6 +113,12 @@ def load_llama(path: str, *, n_threads: int):
 _LOAD_LOCK = threading.Lock()
 
 
+def check_flash_attn(value) -> None:
+    """A one-line ValueError unless ``value`` is a ``flash_attn`` choice: True, False or None."""
+    if value not in (None, True, False):
+        raise ValueError(f"flash_attn must be True, False or None (off on a CPU-only build), got {value!r}")
+
+
 @dataclass
 class Usage:
     """What one request cost: tokens and seconds per stage."""
@@ -146,8 +152,7 @@ class LlamaCppEngine:
         import llama_cpp
         from llama_cpp import _internals, llama_chat_format
 
-        if flash_attn not in (None, True, False):
-            raise ValueError(f"flash_attn must be True, False or None (off on a CPU-only build), got {flash_attn!r}")
+        check_flash_attn(flash_attn)
         self.llama = llama
         self._api = llama_cpp
         self._internals = _internals

@@ -269,8 +269,8 @@ class PEZ(Configurable):
                    for r in tried for u in r["runners_up"]]
         written = [{k: r[k] for k in ("template", "prompt", "similarity")} for r in tried] + runners
         seen = {r["prompt"] for r in written}
-        for r in list(written):
-            flipped = reverse_relations(r["prompt"], opposites or {})
+        for r in list(written) if opposites else []:
+            flipped = reverse_relations(r["prompt"], opposites)
             if flipped not in seen:
                 seen.add(flipped)
                 written.append({"template": r["template"], "prompt": flipped,
