@@ -44,6 +44,16 @@ by prompt so the machine's load hits all alike:
   and the meaning-keeping rule edits fill what the LLM left short (``fallback="edits"``),
   so every iteration renders its 4 candidates and 128 images take 8 requests, not the
   13-16 that partly usable replies cost; the proposals differ (the edits are among them);
+* ``...+lookahead+fill+pending``: the prompts still rendering are listed unscored in the
+  meta-prompt (``OPT2IProposer(show_pending=True)``), as before the appended layout left them
+  out: each such line changes once scored, so the next request re-reads it; the proposals differ;
+* ``...+spare2``: each request asks for two parallel replies more than it needs and keeps the
+  first usable ones (``OPT2IProposer(spare=2)``), so fewer iterations are left short and fewer
+  requests are made for the same images; the proposals differ;
+* ``...+short``: each parallel reply (one revision) capped at 3 tokens per word of the request
+  (``OPT2IProposer(tokens_per_word=3)``) instead of the default 4 per content word + 24: SmolLM2's
+  replies mostly run to the cap, so the decode is shorter; the proposals differ (a long reply
+  is cut sooner);
 * ``concepts``: concept-level refinement (one list request per proposal);
 * ``textgrad``: textual gradients (a critique, then an edit, then a paraphrase:
   three requests per proposal).
@@ -79,7 +89,11 @@ CONFIGS = ("best-of-N", "opt2i/legacy", "opt2i/list+whole", "opt2i/list", "opt2i
            "opt2i/list+append+whole", "opt2i/list+append", "opt2i/parallel+append+onelane", "opt2i/parallel+append",
            "opt2i/list+append+lookahead+beside", "opt2i/list+append+lookahead", "opt2i/parallel+append+fill",
            "opt2i/list+append+lookahead+fill", "opt2i/parallel+append+lookahead+fill",
-           "opt2i/parallel+append+lookahead+fill+beside", "opt2i/parallel+append+flash", "concepts", "textgrad")
+           "opt2i/parallel+append+lookahead+fill+beside", "opt2i/parallel+append+lookahead+fill+pending",
+           "opt2i/parallel+append+lookahead", "opt2i/parallel+append+spare2", "opt2i/parallel+append+lookahead+spare2",
+           "opt2i/parallel+append+lookahead+short", "opt2i/parallel+append+lookahead+short+spare2",
+           "opt2i/parallel+append+lookahead+fill+short",
+           "opt2i/parallel+append+flash", "concepts", "textgrad")
 # configurations that propose what their twin without the suffix does (+onelane: with flash attention only)
 TWINS = ("+whole", "+beside", "+onelane")
 
@@ -115,7 +129,9 @@ def _proposer(config: str, llm, legacy_llm, candidates: int):
         from mmopt.proposers.textgrad import TextGradProposer
 
         return TextGradProposer(llm)
-    return OPT2IProposer(llm, mode=config.split("/")[1].split("+")[0], stop_early="+whole" not in config)
+    return OPT2IProposer(llm, mode=config.split("/")[1].split("+")[0], stop_early="+whole" not in config,
+                         show_pending=True if "+pending" in config else None,
+                         spare=2 if "+spare2" in config else 0, tokens_per_word=3 if "+short" in config else None)
 
 
 def run_one(prompt: str, config: str, args, parts: dict) -> dict:

@@ -76,6 +76,37 @@ def test_the_appended_layout_only_grows_between_compactions_where_the_ranked_one
         OPT2IProposer(_TextOnly()).build_messages(state, 4, [])[1]["content"]
 
 
+def test_pending_prompts_stay_out_of_the_appended_layout_unless_asked_for():
+    # lookahead: the prompts still rendering would be re-read twice (unscored now, scored the next
+    # time: the line changes), so the appended layout leaves them out by default and the text of
+    # one request is the start of the next; show_pending=True lists them, at the end
+    trials, strategy = _trials(16), AppendedHistory(10)
+
+    def text(n_scored, pending, **kw):
+        shown = trials[:n_scored]
+        state = SearchState(INTENT, 1, shown, strategy.history(shown), random.Random(0), "sentences", 77,
+                            layout="appended", pending=tuple(t.prompt for t in pending))
+        return OPT2IProposer(_TextOnly(), **kw).build_messages(state, 4, [])[1]["content"]
+
+    def history(t):
+        return t.split("with scores:\n", 1)[1].split("\n\nWrite ", 1)[0]
+
+    first, second = text(12, trials[12:16]), text(16, [])
+    assert "not scored yet" not in first and history(second).startswith(history(first))
+    shown = text(12, trials[12:16], show_pending=True)
+    assert history(shown).splitlines()[-4:] == [f"{t.prompt} | not scored yet" for t in trials[12:16]]
+    assert not history(second).startswith(history(shown))  # the pending lines changed once scored
+    # the ranked layout shows them unless told not to
+    ranked = SearchState(INTENT, 1, trials[:12], TopKHistory(10).history(trials[:12]), random.Random(0),
+                         pending=(trials[12].prompt,))
+    assert f"{trials[12].prompt} | not scored yet" in OPT2IProposer(_TextOnly()).build_messages(ranked, 4, [])[1][
+        "content"]
+    assert "not scored yet" not in OPT2IProposer(_TextOnly(), show_pending=False).build_messages(ranked, 4, [])[1][
+        "content"]
+    with pytest.raises(TypeError, match="show_pending"):
+        OPT2IProposer(_TextOnly(), show_pending="yes")
+
+
 def test_torch_threads_are_lowered_only_beside_other_work_and_restored():
     torch = pytest.importorskip("torch")
     from mmopt.device import torch_threads_beside

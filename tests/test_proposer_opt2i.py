@@ -235,3 +235,18 @@ def test_history_remarks_keep_failed_questions_and_drop_seeds_where_nothing_fail
     remarks = OPT2IProposer(ScriptedLLM([])).remarks(trial)
     assert remarks == "- Is the circle red? (answered no) (2/4)"
     assert "answered yes" not in remarks and "failed:" not in remarks
+
+
+def test_parallel_requests_ask_for_spares_and_cap_each_reply_by_the_request_length():
+    # spare: n + spare one-revision replies in one request; tokens_per_word: each capped at that
+    # many tokens per word of the request (at least 24, within the window) instead of the roomier
+    # default (4 per content word + 24)
+    intent = "two small blue triangles above a cyan triangle and a red disc"  # 12 words, 8 content words
+    for kw, n_asked, cap in (({}, 3, 4 * 8 + 24), ({"spare": 2}, 5, 56), ({"spare": 2, "tokens_per_word": 3}, 5, 36),
+                             ({"tokens_per_word": 1}, 3, 24), ({"tokens_per_word": 20}, 3, 77 + 8)):
+        llm = ScriptedLLM(["1. two small blue triangles above a cyan triangle and a red disc, flat colours"])
+        OPT2IProposer(llm, mode="parallel", **kw).propose(make_state(intent=intent), 3)
+        assert (llm.requests[0]["n"], llm.requests[0]["max_tokens"]) == (n_asked, cap), kw
+    for bad in ({"spare": -1}, {"spare": 1.5}, {"tokens_per_word": 0.5}, {"tokens_per_word": True}):
+        with pytest.raises(ValueError):
+            OPT2IProposer(ScriptedLLM([]), mode="parallel", **bad)

@@ -145,11 +145,20 @@ class OPT2IProposer:
     way: one reply holding a numbered list of n) or ``"parallel"`` (n replies
     of one revision each, sampled with n seeds; a backend that decodes
     sequences together, as the llama.cpp one does, writes all n in about the
-    time of one). ``feedback_chars`` caps each trial's feedback in the history
+    time of one). ``spare`` (parallel mode) asks for that many replies more and
+    keeps the first ``n`` usable ones: a small LLM's reply is often a repeat or off
+    the request, and an iteration left short costs another whole request later.
+    ``tokens_per_word`` caps one revision at that many tokens per word of the request
+    (at least 24; None: 4 per content word + 24, roomier): a small LLM's replies mostly
+    run to the cap, so the cap is most of its decoding time. ``feedback_chars`` caps each trial's feedback in the history
     (the meta-prompt's length is most of a small LLM's time on a CPU);
     ``inline_feedback`` puts the best trials' remarks (failed questions, weak
     concepts) on their own history lines instead of a separate block that
-    repeats each prompt.
+    repeats each prompt. ``show_pending`` lists the prompts still rendering
+    (``Optimizer(lookahead=True)``) as unscored lines so the LLM does not repeat
+    them; None (the default) shows them except in the appended layout, where each
+    such line would change once scored and end the prefix the LLM reuses (a repeat
+    of one is dropped as already seen either way).
 
     For a video generator (``SearchState.media_kind == "video"``) the meta-prompt is
     ``video_template`` (default ``assets/templates/opt2i_video.txt``: subject, action,
@@ -172,12 +181,23 @@ class OPT2IProposer:
                  temperature: float = 0.8, max_tokens: int | None = None, max_retries: int = 2,
                  max_feedback: int = 3, min_overlap: int = 0, mode: str = "list", feedback_chars: int = 200,
                  inline_feedback: bool = True, video_template: str | os.PathLike | None = None,
-                 video_max_words: int = VIDEO_MAX_WORDS, stop_early: bool = True):
+                 video_max_words: int = VIDEO_MAX_WORDS, stop_early: bool = True,
+                 show_pending: bool | None = None, spare: int = 0, tokens_per_word: float | None = None):
         # 1. check inputs
         if not callable(getattr(llm, "chat", None)):
             raise TypeError(f"llm must have a chat(messages, ...) method (the LLM protocol), got {type(llm).__name__}")
         if not isinstance(stop_early, bool):
             raise TypeError(f"stop_early must be True or False, got {stop_early!r}")
+        if isinstance(spare, bool) or not isinstance(spare, int) or not 0 <= spare <= 16:
+            raise ValueError(f"spare must be an int in [0, 16], got {spare!r}")
+        if spare and mode != "parallel":
+            raise ValueError(f"spare replies are decoded beside the others, so they need mode='parallel'; "
+                             f"got spare={spare} with mode={mode!r}")
+        if tokens_per_word is not None and (isinstance(tokens_per_word, bool) or not isinstance(
+                tokens_per_word, (int, float)) or not 1 <= tokens_per_word <= 20):
+            raise ValueError(f"tokens_per_word must be a number in [1, 20] or None, got {tokens_per_word!r}")
+        if show_pending is not None and not isinstance(show_pending, bool):
+            raise TypeError(f"show_pending must be True, False or None, got {show_pending!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
             raise ValueError(f"temperature must be a number in [0, 5], got {temperature!r}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 16):
@@ -207,6 +227,9 @@ class OPT2IProposer:
         self.feedback_chars = feedback_chars
         self.inline_feedback = bool(inline_feedback)
         self.stop_early = stop_early
+        self.show_pending = show_pending
+        self.spare = spare
+        self.tokens_per_word = None if tokens_per_word is None else float(tokens_per_word)
         # The template's own words, to spot a reply that echoes the instructions.
         texts = [t.replace("$order", order) for t in (self.template, self.video_template)
                  for order in _ORDER_TEXT.values()]
@@ -220,7 +243,8 @@ class OPT2IProposer:
                 "max_feedback": self.max_feedback, "min_overlap": self.min_overlap, "mode": self.mode,
                 "feedback_chars": self.feedback_chars, "inline_feedback": self.inline_feedback,
                 "video_template": self.video_template, "video_max_words": self.video_max_words,
-                "stop_early": self.stop_early}
+                "stop_early": self.stop_early, "show_pending": self.show_pending, "spare": self.spare,
+                "tokens_per_word": self.tokens_per_word}
 
     # ------------------------------------------------------------ meta-prompt
     @staticmethod
@@ -257,7 +281,11 @@ class OPT2IProposer:
         history = list(state.history)  # the strategy's choice and order: shown as it is
         intent = " ".join(protect.strip_keep_tags(state.intent).split())
         appended = state.layout == "appended"
-        pending = [f"{p} | not scored yet" for p in state.pending]
+        # prompts still being rendered (lookahead): shown unscored, except by default in the
+        # appended layout, where each would be re-read twice (unscored now, scored next time:
+        # the line changes, so the reused prefix ends there); the proposer drops a repeat anyway
+        show = self.show_pending if self.show_pending is not None else not appended
+        pending = [f"{p} | not scored yet" for p in state.pending] if show else []
         if appended:
             # the strategy's "appended" layout: the same trials in the order they were tried, and
             # remarks on each trial that beat every line above it (fixed once written), so the
@@ -280,7 +308,7 @@ class OPT2IProposer:
             # a long rewrite is shown cut (a small LLM's rambling would otherwise fill the prompt)
             cap = max(16, 3 * len(intent.split()))
             lines += [self.history_line(t, inline.get(t.index, ""), cap) for t in history]
-        elif not state.pending:
+        elif not lines and not pending:
             lines = [f"{intent} | not scored yet"]
         lines += pending  # appended: the prompts being rendered are the newest, so they come last
         feedback_block = ""
@@ -381,13 +409,18 @@ class OPT2IProposer:
         # A rambling paragraph is no prompt: allow up to twice the encoder budget in words.
         max_words = max(20, 2 * int(state.max_prompt_tokens))
 
-        # Tokens one revision may take: about twice the intent, within the encoder's window
-        # (a reply is cut there, so a small LLM that rambles does not decode a paragraph);
-        # a video prompt is meant to be long (up to video_max_words words)
+        # Tokens one revision may take, within the encoder's window (a reply is cut there, so a
+        # small LLM that rambles does not decode a paragraph): 4 per content word of the intent
+        # + 24, or tokens_per_word per word of it; a video prompt is meant to be long (up to
+        # video_max_words words)
+        window = int(state.max_prompt_tokens) + 8
         if video:
             item_tokens = 2 * self.video_max_words
+        elif self.tokens_per_word:
+            words = len(protect.strip_keep_tags(state.intent).split())
+            item_tokens = max(24, min(window, round(self.tokens_per_word * words)))
         else:
-            item_tokens = max(24, min(int(state.max_prompt_tokens) + 8, 2 * len(intent_words) * 2 + 24))
+            item_tokens = max(24, min(window, 2 * len(intent_words) * 2 + 24))
 
         # what a parsed candidate must pass to be kept (see _keep)
         checks = {"protected": protected, "intent_words": intent_words, "video": video, "max_words": max_words}
@@ -410,7 +443,8 @@ class OPT2IProposer:
                 messages = self.build_messages(state, 1, protected)
                 # a reply ends at a blank line or where a second list item would begin (only
                 # its first item is read)
-                request = {"n": want, "max_tokens": self.max_tokens or item_tokens, "stop": ["\n\n", "\n2.", "\n2)"]}
+                request = {"n": want + self.spare, "max_tokens": self.max_tokens or item_tokens,
+                           "stop": ["\n\n", "\n2.", "\n2)"]}
                 max_items = 1
             stats["attempts"] += 1
             stats["llm_calls"] += 1
